@@ -1,0 +1,76 @@
+"""The ``mnist-dist`` command: one subcommand per task, each with its own ``--help``.
+
+mnist-dist models [--json]
+mnist-dist train --step step4 --out runs/s4
+mnist-dist sweep jobs/smoke.toml --cluster slurm --wait
+mnist-dist status runs/sweeps/smoke [--json]
+mnist-dist report runs/sweeps/smoke [--markdown FILE] [--plots DIR]
+mnist-dist bench --step step4 [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from .errors import UserError, cli_errors
+
+# subcommand -> (module whose main(argv, prog) runs it, one-line help)
+COMMANDS = {
+    "train": ("mnist_dist.train", "train one step model (Accelerate; CPU, GPUs, mixed precision)"),
+    "models": ("mnist_dist.cli", "list the registered step models and their parameter counts"),
+    "sweep": ("mnist_dist.sweep", "submit a sweep file's grid as job arrays (SLURM or local)"),
+    "status": ("mnist_dist.sweep", "show the state of each trial in a sweep folder"),
+    "report": ("mnist_dist.report", "mean, variance, std and 95% CI of test accuracy per group"),
+    "bench": ("mnist_dist.bench", "time origin pipeline vs ours vs pure compute"),
+}
+
+
+def models_main(argv: list[str], prog: str = "mnist-dist models") -> None:
+    from .models import MODELS, build_model, count_params
+
+    p = argparse.ArgumentParser(prog=prog, description=COMMANDS["models"][1])
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    args = p.parse_args(argv)
+    rows = [
+        dict(name=m.name, params=count_params(build_model(m.name)), description=m.description)
+        for m in MODELS.values()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['name']:<8} {r['params']:>9,}  {r['description']}")
+
+
+def usage() -> str:
+    lines = ["usage: mnist-dist COMMAND [options]   (mnist-dist COMMAND --help)", "", "commands:"]
+    lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        raise UserError(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)}")
+    if name == "models":
+        return models_main(rest)
+    module = importlib.import_module(COMMANDS[name][0])
+    entry = getattr(module, f"{name}_main", None) or module.main
+    entry(rest, prog=f"mnist-dist {name}")
+
+
+if __name__ == "__main__":
+    main()

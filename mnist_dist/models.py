@@ -1,0 +1,125 @@
+"""The step models: pure ``nn.Module`` builders in one registry, no I/O.
+
+Every model maps ``(N, 1, 28, 28)`` float images to ``(N, 10)`` log-probabilities.
+step1..step4 reproduce the origin study layer for layer (190,442 / 18,258 / 6,270 /
+7,074 trainable parameters). "BN" is ``BatchNorm2d`` placed *after* the ReLU, as in
+the study. Shapes in the comments are (channels, height, width) of one sample.
+
+List them with ``mnist-dist models``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+
+def conv(cin: int, cout: int, k: int = 3, pad: int = 0, bn: bool = False) -> list[nn.Module]:
+    """Conv (with bias) -> ReLU [-> BN], the study's basic block."""
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, padding=pad), nn.ReLU()]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    return layers
+
+
+class LogSoftmaxHead(nn.Module):
+    """Global average pool -> flatten -> log_softmax: (C, H, W) -> (C,)."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3)).log_softmax(dim=1)
+
+
+def step1() -> nn.Module:
+    return nn.Sequential(
+        *conv(1, 32),  # 32x26x26
+        *conv(32, 64),  # 64x24x24
+        *conv(64, 128),  # 128x22x22
+        *conv(128, 32, k=1),  # 32x22x22
+        *conv(32, 64),  # 64x20x20
+        nn.MaxPool2d(2),  # 64x10x10
+        *conv(64, 128),  # 128x8x8
+        *conv(128, 10, k=1),  # 10x8x8
+        LogSoftmaxHead(),  # 10
+    )
+
+
+def step2() -> nn.Module:
+    return nn.Sequential(
+        *conv(1, 128, pad=1),  # 128x28x28
+        *conv(128, 8, k=1),  # 8x28x28
+        *conv(8, 16, pad=1),  # 16x28x28
+        nn.MaxPool2d(2),  # 16x14x14
+        *conv(16, 16),  # 16x12x12
+        *conv(16, 32),  # 32x10x10
+        nn.MaxPool2d(2),  # 32x5x5
+        *conv(32, 16, k=1),  # 16x5x5
+        *conv(16, 16),  # 16x3x3
+        *conv(16, 32),  # 32x1x1
+        *conv(32, 10, k=1),  # 10x1x1
+        LogSoftmaxHead(),  # 10
+    )
+
+
+def step3() -> nn.Module:
+    return nn.Sequential(
+        *conv(1, 128, pad=1, bn=True),  # 128x28x28
+        *conv(128, 4, k=1),  # 4x28x28
+        *conv(4, 8, pad=1, bn=True),  # 8x28x28
+        nn.MaxPool2d(2),  # 8x14x14
+        *conv(8, 8, bn=True),  # 8x12x12
+        *conv(8, 16, bn=True),  # 16x10x10
+        nn.MaxPool2d(2),  # 16x5x5
+        *conv(16, 8, k=1),  # 8x5x5
+        *conv(8, 8, bn=True),  # 8x3x3
+        *conv(8, 16, bn=True),  # 16x1x1
+        *conv(16, 10, k=1),  # 10x1x1
+        LogSoftmaxHead(),  # 10
+    )
+
+
+def step4() -> nn.Module:
+    return nn.Sequential(
+        *conv(1, 128, bn=True),  # 128x26x26
+        *conv(128, 8, k=1),  # 8x26x26
+        *conv(8, 8, bn=True),  # 8x24x24
+        nn.MaxPool2d(2),  # 8x12x12
+        *conv(8, 8, bn=True),  # 8x10x10
+        *conv(8, 16, bn=True),  # 16x8x8
+        *conv(16, 8, k=1),  # 8x8x8
+        *conv(8, 8, bn=True),  # 8x6x6
+        *conv(8, 16, bn=True),  # 16x4x4
+        nn.AdaptiveAvgPool2d(1),  # 16x1x1
+        nn.Conv2d(16, 10, 1),  # 10x1x1, no ReLU: these are the logits
+        nn.Flatten(),  # 10
+        nn.LogSoftmax(dim=1),
+    )
+
+
+@dataclass(frozen=True)
+class StepModel:
+    name: str
+    build: Callable[[], nn.Module]
+    description: str
+
+
+MODELS: dict[str, StepModel] = {
+    m.name: m
+    for m in [
+        StepModel("step1", step1, "origin step 1: plain 7-conv net, no BN, GAP head"),
+        StepModel("step2", step2, "origin step 2: 1x1 bottlenecks, two max-pools, GAP head"),
+        StepModel("step3", step3, "origin step 3: step 2 slimmed, BN after each 3x3 ReLU"),
+        StepModel("step4", step4, "origin step 4: 128-wide stem, BN, GAP then 1x1 classifier"),
+    ]
+}
+
+
+def build_model(name: str) -> nn.Module:
+    """Build a registered step model; raises KeyError for an unknown name."""
+    return MODELS[name].build()
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters, BN affine included (running stats are buffers, not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
