@@ -43,7 +43,7 @@ class TrainConfig:
     train_limit: int | None = None  # train on the first N training images only
     mixed_precision: str = "no"
     eval_batch_size: int = 2000
-    channels_last: bool = False
+    channels_last: bool = True  # NHWC: 36 vs 46 ms/step for step4 on this 2-core CPU
     compile: bool = False
 
     def resolve(self) -> TrainConfig:

@@ -292,7 +292,7 @@ def build_parser(prog: str = "mnist-dist train") -> argparse.ArgumentParser:
     add("--train-limit", type=int, metavar="N", help="train on the first N images only")
     add("--mixed-precision", default="no", choices=MIXED_PRECISION)
     add("--eval-batch-size", type=int, default=2000)
-    add("--channels-last", action="store_true", help="NHWC memory format")
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR, then cache)")
     add("--out", help="run folder (default: runs/<trial id>)")
