@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ class TrainConfig:
     lr_step: int | None = None  # StepLR step_size, in epochs
     lr_gamma: float | None = None
     train_limit: int | None = None  # train on the first N training images only
-    mixed_precision: str = "no"
+    mixed_precision: str | None = None  # None: `accelerate launch`'s setting, else "no"
     eval_batch_size: int = 2000
     channels_last: bool = True  # NHWC: 36 vs 46 ms/step for step4 on this 2-core CPU
     compile: bool = False
@@ -57,6 +58,8 @@ class TrainConfig:
         cfg = dataclasses.replace(
             self, **{k: v for k, v in recipe.items() if getattr(self, k) is None}
         )
+        if cfg.mixed_precision is None:  # honour `accelerate launch --mixed_precision`/config
+            cfg.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         for name in ("epochs", "batch_size", "lr_step", "eval_batch_size"):
             if getattr(cfg, name) < 1:
                 flag = "--" + name.replace("_", "-")
@@ -98,6 +101,7 @@ class Runtime:
 
     out: str | None = None
     data_dir: str | None = None
+    download: bool = True  # fetch MNIST when the files are missing
     resume: bool = False
     cpu: bool = False
     wandb: str = "off"  # off | offline | online

@@ -106,7 +106,7 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> MNI
     return MNISTData(train.data, train.targets, test.data, test.targets)
 
 
-DataFactory = Callable[[str | None], MNISTData]
+DataFactory = Callable[[str | None, bool], MNISTData]  # (data_dir, download)
 
 
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -165,7 +165,7 @@ class TrainBatches:
             yield augment(self.x[idx[j]], degrees[j], crop[j]), self.y[idx[j]]
 
 
-def test_batches(x, y, batch_size: int, rank: int = 0, world: int = 1):
+def eval_batches(x, y, batch_size: int, rank: int = 0, world: int = 1):
     """This process's share of the test set (every image exactly once across ranks)."""
     x, y = x[rank::world], y[rank::world]
     for i in range(0, len(x), batch_size):

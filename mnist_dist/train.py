@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from . import __version__
 from .config import MIXED_PRECISION, TARGET_ACC, Runtime, TrainConfig
-from .data import DataFactory, TrainBatches, load_mnist, test_batches
+from .data import DataFactory, TrainBatches, eval_batches, load_mnist
 from .errors import UserError, cli_errors, write_json_atomic
 from .models import build_model, count_params
 from .tracking import Tracker
@@ -97,7 +97,7 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
         write_json_atomic(out / "config.json", cfg.to_dict())
 
     with accelerator.main_process_first():  # only rank 0 may download
-        data = data_factory(rt.data_dir).to(device)
+        data = data_factory(rt.data_dir, rt.download).to(device)
     train_x, train_y = data.train_x[: cfg.train_limit], data.train_y[: cfg.train_limit]
     batches = TrainBatches(train_x, train_y, cfg.batch_size, cfg.seed, rank, world)
 
@@ -182,7 +182,8 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
         accelerator.print(
             f"epoch {row['epoch']:2d}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
-            f"lr {lr:.4g}  {seconds:.1f}s  {row['images_per_s']:,.0f} img/s"
+            f"lr {lr:.4g}  {seconds:.1f}s  {row['images_per_s']:,.0f} img/s",
+            flush=True,  # live logs under SLURM and nohup, where stdout is a file
         )
         tracker.log(row)
         if main:
@@ -232,7 +233,7 @@ def evaluate(model, data, batch_size: int, accelerator) -> tuple[float, float, i
     model.eval()
     sums = torch.zeros(3, device=accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
-    for xb, yb in test_batches(data.test_x, data.test_y, batch_size, rank, world):
+    for xb, yb in eval_batches(data.test_x, data.test_y, batch_size, rank, world):
         logp = model(xb).float()
         sums += torch.stack(
             [
@@ -290,11 +291,12 @@ def build_parser(prog: str = "mnist-dist train") -> argparse.ArgumentParser:
     add("--lr-step", type=int, help="StepLR step size, epochs")
     add("--lr-gamma", type=float, help="StepLR factor")
     add("--train-limit", type=int, metavar="N", help="train on the first N images only")
-    add("--mixed-precision", default="no", choices=MIXED_PRECISION)
+    add("--mixed-precision", choices=MIXED_PRECISION, help="default: accelerate config, or no")
     add("--eval-batch-size", type=int, default=2000)
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC")
     add("--compile", action="store_true", help="torch.compile the model")
     add("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR, then cache)")
+    add("--no-download", dest="download", action="store_false", help="never fetch MNIST")
     add("--out", help="run folder (default: runs/<trial id>)")
     add("--resume", action="store_true", help="continue from the last saved epoch in --out")
     add("--cpu", action="store_true", help="run on CPU even when a GPU is present")

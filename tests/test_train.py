@@ -1,0 +1,138 @@
+"""The trainer through its real entry points: CLI, torchrun, resume, bf16, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import REPO, assert_one_line_error, make_tiny_mnist, run_cli
+
+SMOKE = ("--epochs", "1", "--train-limit", "256", "--eval-batch-size", "128")
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train", "--step", "step4", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    result, config = read(out / "result.json"), read(out / "config.json")
+    assert (out / "checkpoint.pt").is_file()
+    assert config == result["config"] and config["lr"] == 0.018 and config["batch_size"] == 64
+    for key in ("step", "seed", "params", "epochs", "batch_size", "lr", "world_size",
+                "mixed_precision", "device", "test_images", "history", "final_test_acc",
+                "best_test_acc", "best_epoch", "first_epoch_at_target", "wall_seconds",
+                "versions", "git_commit"):  # fmt: skip
+        assert key in result, key
+    assert result["params"] == 7074 and result["world_size"] == 1
+    assert result["test_images"] == 256 and result["train_images"] == 256
+    (row,) = result["history"]
+    assert set(row) >= {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "seconds",
+    }
+    assert result["final_test_acc"] == row["test_acc"]
+    assert result["compute_dtype"] == "float32"
+
+
+@pytest.mark.slow
+def test_one_epoch_on_5000_real_images_beats_90_percent(real_mnist, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", "--epochs", "1", "--train-limit", "5000", "--out", str(out),
+                   "--data-dir", str(real_mnist))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = read(out / "result.json")
+    assert result["test_images"] == 10000
+    assert result["final_test_acc"] > 90.0, result["final_test_acc"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_share_the_work(real_mnist, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "mnist_dist.train", "--epochs", "1", "--train-limit", "1000",
+           "--data-dir", str(real_mnist), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = read(out / "result.json")
+    assert result["world_size"] == 2 and result["test_images"] == 10000
+    assert result["train_images"] == 1000
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    data = make_tiny_mnist(tmp_path / "data", n_train=2048, n_test=256)
+    # --lr-step 1: the LR decays at the resume boundary, so scheduler state must carry over.
+    args = ("train", "--epochs", "2", "--lr-step", "1", "--data-dir", str(data))
+    full = tmp_path / "full"
+    assert run_cli(*args, "--out", str(full)).returncode == 0
+
+    # Kill a second run hard as soon as its first epoch is checkpointed, then resume it.
+    part = tmp_path / "part"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "mnist_dist", *args, "--out", str(part)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (part / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (part / "result.json").exists(), "the run finished before it could be killed"
+    resumed = run_cli(*args, "--out", str(part), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+
+    a, b = read(full / "result.json"), read(part / "result.json")
+    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    assert [[h[k] for k in keys] for h in a["history"]] == [
+        [h[k] for k in keys] for h in b["history"]
+    ]
+
+
+def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli("train", *SMOKE, "--mixed-precision", "bf16", "--data-dir", str(tiny_mnist),
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    result = read(out / "result.json")
+    assert result["mixed_precision"] == "bf16" and result["compute_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (("--step", "step9"), ("unknown step 'step9'", "step1, step2, step3, step4")),
+        (("--epochs", "0"), ("--epochs must be at least 1",)),
+        (("--batch-size", "0"), ("--batch-size must be at least 1",)),
+        (("--mixed-precision", "fp16", "--cpu"), ("fp16 needs a CUDA GPU",)),
+    ],
+)
+def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, args, fragments):
+    proc = run_cli("train", *args, "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "r"))
+    assert_one_line_error(proc, *fragments)
+
+
+def test_missing_data_folder_names_the_files_and_the_flag(tmp_path):
+    proc = run_cli("train", *SMOKE, "--no-download", "--data-dir", str(tmp_path / "none"),
+                   "--out", str(tmp_path / "r"))  # fmt: skip
+    assert_one_line_error(proc, "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir")
+
+
+def test_corrupted_data_file_is_named(tiny_mnist, tmp_path):
+    labels = tiny_mnist / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(b"\x00\x00\x08\x01" + labels.read_bytes()[4:-3])
+    proc = run_cli("train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "r"))
+    assert_one_line_error(proc, "corrupted MNIST file", "t10k-labels-idx1-ubyte")
