@@ -12,6 +12,7 @@ the end (both atomically) into ``--out``. ``--resume`` continues from the last e
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import subprocess
@@ -90,8 +91,6 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
     ckpt = load_checkpoint(out / CHECKPOINT, cfg) if rt.resume else None
     if rt.resume and (out / "result.json").is_file() and ckpt and ckpt["epoch"] >= cfg.epochs:
         accelerator.print(f"{out} is already complete; nothing to do")
-        import json
-
         return json.loads((out / "result.json").read_text())
     if main:
         write_json_atomic(out / "config.json", cfg.to_dict())
