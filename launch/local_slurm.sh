@@ -56,6 +56,8 @@ SlurmctldHost=$node(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# A requeued job may start again after cred_expire seconds (default 120): keep requeue fast.
+AuthInfo=cred_expire=20
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/d
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
@@ -79,12 +81,15 @@ JobCompType=jobcomp/none
 MinJobAge=600
 SlurmctldTimeout=30
 SlurmdTimeout=30
-# Requeued jobs may start again at once (seconds): preemption tests stay fast.
+# Seconds between SIGTERM and SIGKILL when a job is cancelled or requeued.
 KillWait=10
 $cpus_line State=UNKNOWN
 PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
+    if cmp -s "$CONF.tmp" "$CONF"; then rm -f "$CONF.tmp"; return; fi
     mv "$CONF.tmp" "$CONF"
+    # A running controller re-reads the new file; a stopped one reads it when it starts.
+    if scontrol ping >/dev/null 2>&1; then scontrol reconfigure && say "reconfigured"; fi
 }
 
 start_munge() {

@@ -106,7 +106,10 @@ class Trial:
         """For a multi-task job, export RANK/WORLD_SIZE/MASTER_* so Accelerate joins them."""
         import submitit
 
-        env = submitit.JobEnvironment()
+        try:
+            env = submitit.JobEnvironment()
+        except RuntimeError:  # called outside a submitit job (e.g. the debug cluster)
+            return 0
         if env.num_tasks > 1:
             # Keep every GPU visible: Accelerate picks cuda:LOCAL_RANK itself.
             submitit.helpers.TorchDistributedEnvironment().export(

@@ -72,7 +72,11 @@ def trial_states(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     for job in record.get("jobs", []):
         for tid in job["trial_ids"]:
             latest[tid] = job
-    todo = [t["trial_id"] for t in record["trials"] if not (out / t["trial_id"] / "result.json").is_file()]
+    todo = [
+        t["trial_id"]
+        for t in record["trials"]
+        if not (out / t["trial_id"] / "result.json").is_file()
+    ]
     slurm_ids = [latest[t]["job_id"] for t in todo if latest.get(t, {}).get("cluster") == "slurm"]
     live = squeue_states(slurm_ids) if slurm_ids else {}
     rows = []
@@ -127,7 +131,7 @@ def print_plan(spec: SweepSpec, trials: list[dict[str, Any]], actions: dict[str,
     ]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
     for r in [head, *body]:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
@@ -157,7 +161,9 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
     out = Path(args.out or Path("runs") / "sweeps" / spec.name)
     record = load_record(out)
     if record and record["name"] != spec.name:
-        raise UserError(f"{out} holds sweep {record['name']!r}, not {spec.name!r}; use another --out")
+        raise UserError(
+            f"{out} holds sweep {record['name']!r}, not {spec.name!r}; use another --out"
+        )
     if not args.dry_run:
         check_cluster(args.cluster, spec.resources)
     trials = [dict(trial_id=c.trial_id(), config=c.to_dict()) for c in configs]
@@ -201,9 +207,10 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         ]
         executor = make_executor(args.cluster, out.resolve(), spec.name, res)
         if args.cluster == "slurm":
-            for job, trial in zip(submit_array(executor, jobs), jobs):
+            for job, trial in zip(submit_array(executor, jobs), jobs, strict=True):
                 add_job(out, record, job.job_id, trial, "slurm")
-            print(f"submitted {len(jobs)} trials as job array {record['jobs'][-1]['job_id'].split('_')[0]}")
+            array_id = record["jobs"][-1]["job_id"].split("_")[0]
+            print(f"submitted {len(jobs)} trials as job array {array_id}")
         else:  # local and debug run here, so they always wait
             run_here(out, record, executor, jobs, args.cluster, res.array_parallelism, args.poll)
     if args.wait and args.cluster == "slurm":
@@ -233,7 +240,9 @@ def run_here(out, record, executor, trials, cluster, parallelism, poll) -> None:
             job = executor.submit(trial)
             add_job(out, record, job.job_id, trial, cluster)
             err = job.exception()  # runs it; unlike result(), never opens a debugger
-            print(f"[{i}/{len(trials)}] {trial.trial_id}: {'failed: ' + str(err) if err else 'done'}")
+            print(
+                f"[{i}/{len(trials)}] {trial.trial_id}: {'failed: ' + str(err) if err else 'done'}"
+            )
         return
     queue, running = list(trials), {}
     last = ""
@@ -282,7 +291,9 @@ def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") 
     counts = Counter(r["state"] for r in rows)
     if args.json:
         summary = dict(name=record["name"], dir=str(out), total=len(rows))
-        print(json.dumps(dict(summary, counts={s: counts[s] for s in STATES}, trials=rows), indent=2))
+        print(
+            json.dumps(dict(summary, counts={s: counts[s] for s in STATES}, trials=rows), indent=2)
+        )
         return
     print(f"sweep {record['name']} in {out}")
     for r in rows:

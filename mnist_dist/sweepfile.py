@@ -94,7 +94,10 @@ class SweepSpec:
 
     def expand(self) -> list[TrainConfig]:
         """Resolved configs: the grid's product in file order, then [[trials]]; one per id."""
-        raw = [dict(zip(self.grid, combo)) for combo in itertools.product(*self.grid.values())]
+        raw = [
+            dict(zip(self.grid, combo, strict=True))
+            for combo in itertools.product(*self.grid.values())
+        ]
         raw = raw if self.grid else []
         configs: dict[str, TrainConfig] = {}
         for i, point in enumerate(raw + self.trials):
@@ -166,7 +169,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
     grid: dict[str, list[Any]] = {}
     for key, values in grid_raw.items():
         if not isinstance(values, list):
-            raise UserError(f"{grid_where}.{key} must be a list, got {values!r}; scalars go in [defaults]")
+            raise UserError(
+                f"{grid_where}.{key} must be a list, got {values!r}; scalars go in [defaults]"
+            )
         if not values:
             raise UserError(f"empty grid: {grid_where}.{key} is an empty list")
         grid[key] = [_train_fields({key: v}, f"{grid_where}")[key] for v in values]
