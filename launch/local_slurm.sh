@@ -57,7 +57,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 # A requeued job may start again after cred_expire seconds (default 120): keep requeue fast.
-AuthInfo=cred_expire=20
+AuthInfo=cred_expire=15
 StateSaveLocation=$STATE_DIR/ctld
 SlurmdSpoolDir=$STATE_DIR/d
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
@@ -88,8 +88,9 @@ PartitionName=$PARTITION Nodes=$node Default=YES MaxTime=INFINITE State=UP OverS
 EOF
     if cmp -s "$CONF.tmp" "$CONF"; then rm -f "$CONF.tmp"; return; fi
     mv "$CONF.tmp" "$CONF"
-    # A running controller re-reads the new file; a stopped one reads it when it starts.
-    if scontrol ping >/dev/null 2>&1; then scontrol reconfigure && say "reconfigured"; fi
+    # Some settings (cred_expire) are read only at startup: restart the daemons we own.
+    [ -s "$OWNED" ] && say "slurm.conf changed: restarting our slurm daemons" && stop_owned slurmd slurmctld
+    return 0
 }
 
 start_munge() {
@@ -149,16 +150,25 @@ cmd_start() {
     wait_idle
 }
 
-cmd_stop() {
-    [ -f "$OWNED" ] || { say "nothing to stop"; return; }
-    # Reverse order: slurmd, slurmctld, then munged. Only PIDs we recorded, still that name.
-    tac "$OWNED" | while read -r name pid; do
-        if alive "$pid" && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$name" ]; then
-            kill "$pid"
-            for _ in $(seq 50); do alive "$pid" || break; sleep 0.1; done
-            say "stopped $name ($pid)"
+stop_owned() {  # names...: end those daemons we recorded (PID still running that name)
+    local keep=() name pid
+    while read -r name pid; do
+        if [[ " $* " == *" $name "* ]]; then
+            if alive "$pid" && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$name" ]; then
+                kill "$pid"
+                for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
+                say "stopped $name ($pid)"
+            fi
+        else
+            keep+=("$name $pid")
         fi
-    done
+    done < <(tac "$OWNED")
+    printf '%s\n' "${keep[@]}" | tac | sed '/^$/d' >"$OWNED"
+}
+
+cmd_stop() {
+    [ -s "$OWNED" ] || { say "nothing to stop"; return; }
+    stop_owned slurmd slurmctld munged  # slurmd first, munged last
     rm -f "$OWNED"
 }
 
