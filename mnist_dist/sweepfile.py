@@ -1,0 +1,219 @@
+"""Sweep files: strict TOML (stdlib ``tomllib``) -> typed spec -> the list of trials.
+
+A sweep file (see ``jobs/*.toml`` and docs/README-sweeps.md)::
+
+    name = "smoke"                 # sweep folder: runs/sweeps/<name>, W&B group
+    [grid]                         # cartesian product; each key a TrainConfig field, a list
+    step = ["step1", "step4"]
+    seed = [0, 1]
+    [defaults]                     # TrainConfig fields shared by every trial
+    epochs = 1
+    [[trials]]                     # explicit extra trials, each over [defaults]
+    step = "step2"
+    seed = 7
+    [resources]                    # see Resources
+    cpus_per_task = 1
+    [wandb]
+    mode = "off"
+
+Every table is strict: an unknown key is an error that names it and the valid keys, and
+every value is type-checked, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+MAX_TRIALS = 10_000  # above this, `mnist-dist sweep` wants --yes
+TOP_KEYS = ("name", "description", "grid", "defaults", "trials", "resources", "wandb")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class Resources:
+    """What one trial asks of the scheduler. GPUs per trial = nodes x gpus_per_node."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    time_min: int = 60  # wall-clock limit per job, minutes; a timed-out trial requeues
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: train on CPU
+    tasks_per_node: int | None = None  # processes per node; None: one per GPU, else 1
+    cpus_per_task: int = 2  # torch threads per process (SLURM_CPUS_PER_TASK)
+    mem_gb: float = 4.0  # per node, GB
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 16  # trials of one array running at once
+    signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
+    sbatch_extra: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH --key=value
+    setup: list[str] = field(default_factory=list)  # shell lines before srun (module load ...)
+
+    @property
+    def tasks(self) -> int:
+        """Processes per node: one per GPU (the Accelerate/DDP layout), else as given."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
+
+@dataclass
+class Wandb:
+    mode: str = "off"  # off | offline | online
+    project: str = "mnist-dist"
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    file: str
+    description: str = ""
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
+    wandb: Wandb = field(default_factory=Wandb)
+
+    def size(self) -> int:
+        """Trials before de-duplication, computed without expanding the product."""
+        return math.prod(len(v) for v in self.grid.values()) * bool(self.grid) + len(self.trials)
+
+    def expand(self) -> list[TrainConfig]:
+        """Resolved configs: the grid's product in file order, then [[trials]]; one per id."""
+        raw = [
+            dict(zip(self.grid, combo, strict=True))
+            for combo in itertools.product(*self.grid.values())
+        ]
+        raw = raw if self.grid else []
+        configs: dict[str, TrainConfig] = {}
+        for i, point in enumerate(raw + self.trials):
+            where = f"grid point {point}" if i < len(raw) else f"trials[{i - len(raw)}]"
+            try:
+                cfg = TrainConfig(**{**self.defaults, **point}).resolve()
+            except UserError as e:
+                raise UserError(f"{self.file}: {where}: {e}") from None
+            configs.setdefault(cfg.trial_id(), cfg)  # equal configs are one trial
+        return list(configs.values())
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """Type-check one TOML value against a dataclass field's hint; ints widen to float."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        hint = next(a for a in args if a is not type(None))  # TOML has no null
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list, got {value!r}")
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a table, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # lr = 1 and lr = 1.0 must give one trial id
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise UserError(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _strict(cls: type, table: Any, where: str) -> dict[str, Any]:
+    """Keys of a TOML table checked against a dataclass: names and types."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where} must be a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in table:
+        if key not in hints:
+            raise UserError(f"unknown key {key!r} in {where}; valid keys: {', '.join(known)}")
+    return {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in table.items()}
+
+
+def _train_fields(table: Any, where: str) -> dict[str, Any]:
+    return _strict(TrainConfig, table, where)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; every problem is a one-line ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sweep file {str(path)!r} not found (see jobs/*.toml for examples)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(TOP_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise UserError(f"{path}: name must be a folder-safe string (letters, digits, . _ -)")
+    grid_where, defaults_where = f"{path} [grid]", f"{path} [defaults]"
+    grid_raw = data.get("grid", {})
+    if not isinstance(grid_raw, dict):
+        raise UserError(f"{grid_where} must be a table of lists")
+    grid: dict[str, list[Any]] = {}
+    for key, values in grid_raw.items():
+        if not isinstance(values, list):
+            raise UserError(
+                f"{grid_where}.{key} must be a list, got {values!r}; scalars go in [defaults]"
+            )
+        if not values:
+            raise UserError(f"empty grid: {grid_where}.{key} is an empty list")
+        grid[key] = [_train_fields({key: v}, f"{grid_where}")[key] for v in values]
+    defaults = _train_fields(data.get("defaults", {}), defaults_where)
+    both = sorted(set(grid) & set(defaults))
+    if both:
+        raise UserError(f"{path}: key {both[0]!r} is in both [grid] and [defaults]; keep one")
+    trials = data.get("trials", [])
+    if not isinstance(trials, list):
+        raise UserError(f"{path}: trials must be an array of tables ([[trials]])")
+    trials = [_train_fields(t, f"{path} trials[{i}]") for i, t in enumerate(trials)]
+    resources = Resources(**_strict(Resources, data.get("resources", {}), f"{path} [resources]"))
+    wandb = Wandb(**_strict(Wandb, data.get("wandb", {}), f"{path} [wandb]"))
+    spec = SweepSpec(
+        name=name,
+        file=str(path),
+        description=str(data.get("description", "")),
+        grid=grid,
+        defaults=defaults,
+        trials=trials,
+        resources=resources,
+        wandb=wandb,
+    )
+    _check_resources(spec)
+    if spec.size() == 0:
+        raise UserError(f"empty grid: {path} has no [grid] lists and no [[trials]]")
+    return spec
+
+
+def _check_resources(spec: SweepSpec) -> None:
+    r, where = spec.resources, f"{spec.file} [resources]"
+    for key in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
+        if getattr(r, key) < 1:
+            raise UserError(f"{where}.{key} must be at least 1, got {getattr(r, key)}")
+    if r.gpus_per_node < 0 or r.mem_gb <= 0 or r.signal_delay_s < 0:
+        raise UserError(f"{where}: gpus_per_node, mem_gb and signal_delay_s must be positive")
+    if r.tasks_per_node is not None and r.tasks_per_node < 1:
+        raise UserError(f"{where}.tasks_per_node must be at least 1, got {r.tasks_per_node}")
+    if r.gpus_per_node and r.tasks_per_node not in (None, r.gpus_per_node):
+        raise UserError(
+            f"{where}: tasks_per_node ({r.tasks_per_node}) must equal gpus_per_node "
+            f"({r.gpus_per_node}): one process per GPU"
+        )
+    if spec.wandb.mode not in ("off", "offline", "online"):
+        raise UserError(f"{spec.file} [wandb].mode must be off, offline or online")

@@ -1,0 +1,161 @@
+"""Integration tests against a real SLURM cluster (``bash launch/local_slurm.sh start``).
+
+    bash launch/local_slurm.sh start && python -m pytest tests/test_slurm_cluster.py -q -m slurm
+
+They submit ``jobs/smoke.toml`` and check every trial's result, break one trial and rerun,
+and preempt a running trial. Skipped only when ``sbatch`` is absent. Data: real MNIST from
+``MNIST_DATA_DIR`` when set, else the tiny IDX set (jobs inherit the data folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_tiny_mnist, run_cli
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(shutil.which("sbatch") is None, reason="sbatch not found: no SLURM client"),
+]
+TIMING_KEYS = ("seconds", "images_per_s")  # wall-clock, differ between any two runs
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = os.environ.get("MNIST_DATA_DIR")
+    if root and (Path(root) / "MNIST" / "raw").is_dir():
+        return Path(root)
+    return make_tiny_mnist(tmp_path_factory.mktemp("data"))
+
+
+def status(out: Path) -> dict:
+    proc = run_cli("status", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_dir) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "s"
+    proc = run_cli(
+        *("sweep", str(REPO / "jobs" / "smoke.toml"), "--cluster", "slurm", "--out", str(out)),
+        *("--wait", "--poll", "1", "--data-dir", str(data_dir)),
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+def test_smoke_sweep_every_trial_done_and_rerun_submits_nothing(smoke, data_dir):
+    st = status(smoke)
+    assert st["total"] == 4 and st["counts"]["done"] == 4, st
+    record = json.loads((smoke / "sweep.json").read_text())
+    assert {(t["config"]["step"], t["config"]["seed"]) for t in record["trials"]} == {
+        (s, n) for s in ("step3", "step4") for n in (0, 1)
+    }
+    # One array task per trial, its id recorded against the trial.
+    assert sorted(j["trial_ids"][0] for j in record["jobs"]) == sorted(
+        t["trial_id"] for t in record["trials"]
+    )
+    assert len({j["job_id"].split("_")[0] for j in record["jobs"]}) == 1
+    for t in record["trials"]:
+        result = json.loads((smoke / t["trial_id"] / "result.json").read_text())
+        assert result["trial_id"] == t["trial_id"] and result["config"] == t["config"]
+        assert len(result["history"]) == 1 and result["train_images"] <= 2000
+        assert json.loads((smoke / t["trial_id"] / "config.json").read_text()) == t["config"]
+
+    proc = run_cli("sweep", str(REPO / "jobs" / "smoke.toml"), "--out", str(smoke))
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to submit" in proc.stdout and proc.stdout.count("skip (done)") == 4
+    assert json.loads((smoke / "sweep.json").read_text())["jobs"] == record["jobs"]
+
+
+def test_failed_trial_is_reported_and_only_it_is_resubmitted(smoke, data_dir):
+    """Break one trial (a corrupt checkpoint), rerun: only it runs, fails, and is reported."""
+    args = ("sweep", str(REPO / "jobs" / "smoke.toml"), "--out", str(smoke), "--wait")
+    args += ("--poll", "1", "--data-dir", str(data_dir))
+    victim = status(smoke)["trials"][-1]["trial_id"]
+    (smoke / victim / "result.json").unlink()
+    (smoke / victim / "checkpoint.pt").write_bytes(b"corrupt")
+    n_jobs = len(json.loads((smoke / "sweep.json").read_text())["jobs"])
+
+    proc = run_cli(*args, timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stdout.count("submit\n") == 1 and proc.stdout.count("skip (done)") == 3
+    st = status(smoke)
+    assert st["counts"] == dict(st["counts"], done=3, failed=1)
+    failed = next(t for t in st["trials"] if t["state"] == "failed")
+    assert failed["trial_id"] == victim and "Unpickling" in failed["error"]
+    assert len(json.loads((smoke / "sweep.json").read_text())["jobs"]) == n_jobs + 1
+
+    (smoke / victim / "checkpoint.pt").unlink()
+    proc = run_cli(*args, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert status(smoke)["counts"]["done"] == 4
+    assert not (smoke / victim / "error.txt").exists()
+
+
+PREEMPT = """name = "preempt"
+[grid]
+seed = [5]
+[defaults]
+step = "step4"
+epochs = 3
+train_limit = 2000
+[resources]
+cpus_per_task = 1
+time_min = 20   # minutes: far from the limit, so submitit reads the signal as preemption
+"""
+
+
+def test_preempted_trial_requeues_and_ends_with_uninterrupted_history(tmp_path, data_dir):
+    f = tmp_path / "preempt.toml"
+    f.write_text(PREEMPT)
+    out = tmp_path / "s"
+    proc = run_cli("sweep", str(f), "--out", str(out), "--data-dir", str(data_dir))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (job,) = json.loads((out / "sweep.json").read_text())["jobs"]
+    trial = out / job["trial_ids"][0]
+    # The same config, uninterrupted, as the reference (runs meanwhile, on the other core).
+    ref = subprocess.Popen(
+        [*_train_cmd(data_dir, tmp_path / "ref")],
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (trial / "checkpoint.pt").is_file():  # epoch 1 is saved
+        assert time.time() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.2)
+    assert not (trial / "result.json").exists()
+    # What SLURM does on preemption (and submitit's own _interrupt helper): TERM, then USR2.
+    subprocess.run(["scancel", "--signal", "TERM", job["job_id"]], check=True)
+    subprocess.run(["scancel", "--signal", "USR2", job["job_id"]], check=True)
+
+    proc = run_cli("sweep", str(f), "--out", str(out), "--wait", "--poll", "1", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skip (" in proc.stdout  # the requeued job was still queued: not submitted twice
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+    log = "".join(p.read_text() for p in (out / "logs" / job["job_id"]).glob("*.out"))
+    assert "Requeued job" in log and "resuming" in log and "after epoch" in log
+    got = json.loads((trial / "result.json").read_text())["history"]
+    want = json.loads((tmp_path / "ref" / "result.json").read_text())["history"]
+    strip = lambda h: [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in h]  # noqa: E731
+    assert len(got) == 3 and strip(got) == strip(want)
+
+
+def _train_cmd(data_dir: Path, out: Path) -> list[str]:
+    import sys
+
+    return [
+        *(sys.executable, "-m", "mnist_dist.train", "--step", "step4", "--seed", "5"),
+        *("--epochs", "3", "--train-limit", "2000", "--cpu", "--no-progress"),
+        *("--data-dir", str(data_dir), "--out", str(out)),
+    ]

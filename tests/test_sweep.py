@@ -1,0 +1,180 @@
+"""Sweep files, bad input, and whole sweeps on submitit's local and debug clusters.
+
+python -m pytest tests/test_sweep.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO, assert_one_line_error, run_cli
+
+from mnist_dist.config import TrainConfig
+
+
+def write_sweep(path: Path, body: str, name: str = "t") -> Path:
+    path.write_text(f'name = "{name}"\n{body}')
+    return path
+
+
+TINY = """
+[grid]
+seed = [0, 1]
+[defaults]
+step = "step4"
+epochs = 1
+train_limit = 256
+eval_batch_size = 256
+[resources]
+cpus_per_task = 1
+time_min = 5
+"""
+
+
+def status(out: Path) -> dict:
+    proc = run_cli("status", str(out), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize(
+    "body, fragments",
+    [
+        ('[grid]\nseed = [0]\nsteps = ["step1"]\n', ["unknown key 'steps'", "[grid]"]),
+        ("[grid]\nseed = [0]\n[resources]\ngpus = 1\n", ["unknown key 'gpus'", "[resources]"]),
+        ("colour = 1\n[grid]\nseed = [0]\n", ["unknown key 'colour'"]),
+        ('[grid]\nstep = ["step9"]\n', ["unknown step 'step9'"]),
+        ("[grid]\nseed = []\n", ["empty grid", "seed"]),
+        ("[defaults]\nepochs = 1\n", ["empty grid"]),
+        ('[grid]\nseed = [0]\n[defaults]\nlr = "fast"\n', ["lr must be float", "'fast'"]),
+        (
+            "[grid]\nseed = [0]\n[resources]\ngpus_per_node = 2\ntasks_per_node = 1\n",
+            ["one process per GPU"],
+        ),
+    ],
+)
+def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, body, fragments):
+    f = write_sweep(tmp_path / "bad.toml", body)
+    out = tmp_path / "out"
+    proc = run_cli("sweep", str(f), "--cluster", "local", "--out", str(out))
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+def test_missing_file(tmp_path):
+    proc = run_cli("sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "nope.toml", "not found")
+
+
+def test_over_ten_thousand_trials_needs_yes(tmp_path):
+    f = write_sweep(tmp_path / "big.toml", f"[grid]\nseed = {list(range(10_001))}\n")
+    out = tmp_path / "out"
+    proc = run_cli("sweep", str(f), "--out", str(out))
+    assert_one_line_error(proc, "10,001 trials", "--yes")
+    assert not out.exists()
+    # --yes lifts the cap: the plan covers every trial (dry run: still nothing written).
+    proc = run_cli("sweep", str(f), "--out", str(out), "--yes", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "would submit 10001 of 10001 trials" in proc.stdout
+    assert not out.exists()
+
+
+def test_slurm_unreachable_submits_nothing(tmp_path):
+    out = tmp_path / "out"
+    smoke = str(REPO / "jobs" / "smoke.toml")
+    # No SLURM client at all.
+    proc = run_cli("sweep", smoke, "--out", str(out), env={"PATH": str(tmp_path)})
+    assert_one_line_error(proc, "SLURM not reachable", "sbatch not found")
+    # A client whose controller does not answer (nothing listens on port 9).
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "ClusterName=x\nSlurmctldHost=localhost(127.0.0.1)\nSlurmctldPort=9\n"
+        "AuthType=auth/munge\nNodeName=localhost CPUs=1\nPartitionName=p Nodes=localhost\n"
+    )
+    if os.system("command -v sbatch >/dev/null") == 0:
+        proc = run_cli("sweep", smoke, "--out", str(out), env={"SLURM_CONF": str(conf)})
+        assert_one_line_error(proc, "SLURM not reachable", "scontrol ping")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name, n", [("seed_sweep", 10), ("step_grid", 20), ("smoke", 4)])
+def test_shipped_sweep_files_dry_run(tmp_path, name, n):
+    out = tmp_path / "out"
+    proc = run_cli("sweep", str(REPO / "jobs" / f"{name}.toml"), "--dry-run", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"would submit {n} of {n} trials" in proc.stdout
+    ids = re.findall(r"^(step\d-s\d+-[0-9a-f]{10}) ", proc.stdout, re.M)
+    assert len(set(ids)) == n
+    if name == "seed_sweep":  # the id is the resolved config's hash, seed included
+        assert ids == [TrainConfig(step="step4", seed=s).trial_id() for s in range(10)]
+    assert not out.exists()
+
+
+def test_default_dir_comes_from_sweep_name(tmp_path):
+    proc = run_cli("sweep", str(REPO / "jobs" / "smoke.toml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert str(Path("runs") / "sweeps" / "smoke") in proc.stdout.splitlines()[0]
+
+
+def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
+    """One trial fails (corrupt checkpoint); the other finishes; a rerun redoes only it."""
+    f = write_sweep(tmp_path / "s.toml", TINY)
+    out = tmp_path / "out"
+    args = ("sweep", str(f), "--cluster", "local", "--out", str(out), "--data-dir", str(tiny_mnist))
+    bad_id = TrainConfig(
+        step="step4", seed=1, epochs=1, train_limit=256, eval_batch_size=256
+    ).trial_id()
+    (out / bad_id).mkdir(parents=True)
+    (out / bad_id / "checkpoint.pt").write_bytes(b"not a checkpoint")
+
+    proc = run_cli(*args, "--poll", "0.5")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    st = status(out)
+    assert st["counts"]["done"] == 1 and st["counts"]["failed"] == 1
+    failed = next(t for t in st["trials"] if t["state"] == "failed")
+    assert failed["trial_id"] == bad_id
+    error_txt = (out / bad_id / "error.txt").read_text().strip().splitlines()
+    assert failed["error"] == error_txt[-1] and "Unpickling" in failed["error"]
+    record = json.loads((out / "sweep.json").read_text())
+    assert [t["trial_id"] for t in record["trials"]] == [t["trial_id"] for t in st["trials"]]
+    assert len(record["jobs"]) == 2
+
+    # Fix the cause; the rerun submits only the failed trial and clears its error.txt.
+    (out / bad_id / "checkpoint.pt").unlink()
+    proc = run_cli(*args, "--poll", "0.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("submit") == 1 and "skip (done)" in proc.stdout
+    assert not (out / bad_id / "error.txt").exists()
+    assert status(out)["counts"]["done"] == 2
+    assert len(json.loads((out / "sweep.json").read_text())["jobs"]) == 3
+
+
+def test_local_two_tasks_over_gloo(tmp_path, tiny_mnist):
+    """tasks_per_node = 2: submitit's TorchDistributedEnvironment -> Accelerate MULTI_CPU."""
+    body = TINY.replace("seed = [0, 1]", "seed = [0]") + "tasks_per_node = 2\n"
+    f = write_sweep(tmp_path / "s.toml", body, name="two")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "sweep", str(f), "--cluster", "local", "--out", str(out), "--data-dir", str(tiny_mnist)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (trial,) = status(out)["trials"]
+    result = json.loads((out / trial["trial_id"] / "result.json").read_text())
+    assert result["world_size"] == 2 and result["test_images"] == 256
+
+
+def test_debug_cluster_runs_in_process(tmp_path, tiny_mnist):
+    body = TINY.replace("seed = [0, 1]", "seed = [3]")
+    f = write_sweep(tmp_path / "s.toml", body, name="dbg")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "sweep", str(f), "--cluster", "debug", "--out", str(out), "--data-dir", str(tiny_mnist)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    st = status(out)
+    assert st["counts"]["done"] == 1 and st["trials"][0]["seed"] == 3
+    assert st["trials"][0]["final_test_acc"] is not None
