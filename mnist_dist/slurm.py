@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, write_text_atomic
 from .sweepfile import Resources
 
 CLUSTERS = ("slurm", "local", "debug")
@@ -38,14 +37,6 @@ LIVE_STATES = {  # squeue state -> our state
     "SIGNALING": "running",
     "RESIZING": "running",
 }
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never a torn one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_tiny_mnist, run_cli
+
+from .conftest import REPO, make_tiny_mnist, run_cli
 
 pytestmark = [
     pytest.mark.slurm,

@@ -11,9 +11,10 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli
 
 from mnist_dist.config import TrainConfig
+
+from .conftest import REPO, assert_one_line_error, run_cli
 
 
 def write_sweep(path: Path, body: str, name: str = "t") -> Path:
