@@ -211,6 +211,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 @cli_errors
 def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") -> None:
+    """mnist-dist report DIR [--json] [--markdown FILE] [--plots DIR] [--by KEY]"""
     args = build_parser(prog).parse_args(argv)
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     if args.by not in keys:
@@ -235,13 +236,16 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     else:
         print(render_table(name, groups, missing, args.by))
     markdown = render_markdown(name, groups, missing, args.by)
-    if args.markdown:
-        write_text_atomic(Path(args.markdown), markdown)
     plots: list[Path] = []
-    if args.plots:
-        from .plots import write_plots
+    try:
+        if args.markdown:
+            write_text_atomic(Path(args.markdown), markdown)
+        if args.plots:
+            from .plots import write_plots
 
-        plots = write_plots(results, args.by, Path(args.plots))
+            plots = write_plots(results, args.by, Path(args.plots))
+    except OSError as e:  # unwritable or full: name the path, no traceback
+        raise UserError(f"could not write {e.filename or 'output'}: {e.strerror or e}") from e
     if args.log_to_wandb:
         from .wandb_report import log_report
 

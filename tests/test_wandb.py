@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 from synthetic import fake_result, write_sweep
 
 from mnist_dist.tracking import run_id_for
@@ -270,3 +270,19 @@ def test_log_to_wandb_writes_a_summary_run_with_table_and_plots(tmp_path, wandb_
         assert (run_dir / "files" / row[f"report/{name}"]["path"]).stat().st_size > 10_000
     assert got["summary"]["step4/n"] == 3
     assert got["summary"]["step4/mean"] == pytest.approx(np.mean([99.45, 99.35, 99.25]))
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--wandb", "me/mnist", "--group", "smoke"], "no W&B API key"),
+        (["--wandb", "a/b/c", "--group", "smoke"], "expects ENTITY/PROJECT"),
+        (["--wandb", "me/mnist"], "needs --group"),
+        (["SWEEP", "--log-to-wandb"], "--log-to-wandb: no W&B API key"),
+    ],
+)
+def test_wandb_report_errors_are_one_line(tmp_path, wandb_env, args, fragment):
+    root = write_sweep(tmp_path / "s", [fake_result("step4", 0, [99.0], 7_074)])
+    args = [str(root) if a == "SWEEP" else a for a in args]
+    proc = run_cli("report", *args, env=dict(wandb_env, WANDB_MODE="online"), timeout=120)
+    assert_one_line_error(proc, fragment)
