@@ -121,6 +121,7 @@ class Tracker:
             fn()
         except Exception as e:
             warn(f"W&B {what} failed ({type(e).__name__}: {e}); tracking is off")
+            drop_wandb(self.accelerator)
             self.accelerator = None
 
     def log(self, row: dict[str, Any]) -> None:
