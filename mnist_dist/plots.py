@@ -79,6 +79,9 @@ def plot_curves(results: list[dict[str, Any]], by: str, path: Path) -> Path:
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
     if lows:  # zoom on the second half of training, where the groups differ
         ax.set_ylim(max(0.0, min(lows) - 0.5), 100.0)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Test accuracy per epoch: mean, ±1 std band, each seed faint")

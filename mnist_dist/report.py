@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def emit(text: str) -> None:
+    """Print to stdout; a reader that stops early (``| head``) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python's recipe: point stdout at devnull so the exit-time flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
         raise UserError(f"{message} (see `{self.prog} --help`)")
@@ -232,9 +242,9 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         raise UserError(f"{where}: no finished trials ({len(missing)} missing or failed)")
     groups = group_stats(results, args.by)
     if args.json:
-        print(json.dumps(dict(name=name, by=args.by, groups=groups, missing=missing), indent=2))
+        emit(json.dumps(dict(name=name, by=args.by, groups=groups, missing=missing), indent=2))
     else:
-        print(render_table(name, groups, missing, args.by))
+        emit(render_table(name, groups, missing, args.by))
     markdown = render_markdown(name, groups, missing, args.by)
     plots: list[Path] = []
     try:
