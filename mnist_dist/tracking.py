@@ -9,8 +9,13 @@ local results are written regardless.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import secrets
+import string
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,7 @@ from .config import Runtime, TrainConfig
 
 RUN_ID_FILE = "wandb_run_id"
 INIT_TIMEOUT_S = 30  # bounded wait for an unreachable server, then we carry on without it
+FINISH_TIMEOUT_S = 60  # bounded wait for the last upload; offline files stay for `wandb sync`
 SUMMARY_KEYS = (
     "final_test_acc",
     "best_test_acc",
@@ -30,22 +36,35 @@ SUMMARY_KEYS = (
 
 
 def warn(msg: str) -> None:
-    print(f"mnist-dist: warning: {msg}", file=sys.stderr, flush=True)
+    """One line on stderr, however many lines the underlying error has."""
+    print(f"mnist-dist: warning: {' '.join(msg.split())}", file=sys.stderr, flush=True)
 
 
-def run_id_for(out: Path) -> str:
-    """The W&B run id of this run folder, created once and reused on resume."""
+def new_run_id() -> str:
+    """8 characters of [a-z0-9], the shape of W&B's own run ids."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def run_id_for(out: Path, resume: bool) -> str:
+    """The W&B run id of this run folder: reused on resume, new when a run starts over."""
     path = out / RUN_ID_FILE
-    if path.is_file():
+    if resume and path.is_file() and path.read_text().strip():
         return path.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = new_run_id()
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(run_id + "\n")
     os.replace(tmp, path)
     return run_id
+
+
+def has_credentials() -> bool:
+    """True when an API key is configured; never prompts and never contacts the server."""
+    import wandb
+
+    with contextlib.redirect_stderr(io.StringIO()):  # login() chats on stderr
+        return bool(wandb.login(prompt=False, verify=False))
 
 
 def init_kwargs(cfg: TrainConfig, rt: Runtime, out: Path, run_id: str) -> dict[str, Any]:
@@ -60,7 +79,11 @@ def init_kwargs(cfg: TrainConfig, rt: Runtime, out: Path, run_id: str) -> dict[s
         resume="allow",
         dir=str(out),
         mode=rt.wandb,
-        settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S, silent=True),
+        # W&B's own WANDB_INIT_TIMEOUT (seconds) may shorten or lengthen the wait.
+        settings=wandb.Settings(
+            init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT") or INIT_TIMEOUT_S),
+            silent=True,
+        ),
     )
 
 
@@ -79,16 +102,16 @@ class Tracker:
         if rt.wandb == "off" or not accelerator.is_main_process:
             return cls(None)
         try:
-            import wandb
-
-            if rt.wandb == "online" and not (os.environ.get("WANDB_API_KEY") or wandb.api.api_key):
+            # Without a key, wandb.init would prompt on a terminal: check first, never wait.
+            if rt.wandb == "online" and not has_credentials():
                 warn("W&B online mode has no API key (run `wandb login`); tracking is off")
                 return cls(None)
-            kwargs = init_kwargs(cfg, rt, out, run_id_for(out))
+            kwargs = init_kwargs(cfg, rt, out, run_id_for(out, rt.resume))
             accelerator.init_trackers(rt.wandb_project, cfg.to_dict(), {"wandb": kwargs})
             return cls(accelerator)
         except Exception as e:  # W&B must never stop training
             warn(f"W&B could not start ({type(e).__name__}: {e}); tracking is off")
+            drop_wandb(accelerator)
             return cls(None)
 
     def _call(self, what: str, fn) -> None:
@@ -98,14 +121,46 @@ class Tracker:
             fn()
         except Exception as e:
             warn(f"W&B {what} failed ({type(e).__name__}: {e}); tracking is off")
+            drop_wandb(self.accelerator)
             self.accelerator = None
 
     def log(self, row: dict[str, Any]) -> None:
         self._call("log", lambda: self.accelerator.log(row, step=row["epoch"]))
 
     def finish(self, result: dict[str, Any]) -> None:
+        """Write the summary and close the run, waiting at most FINISH_TIMEOUT_S."""
+        if self.accelerator is None:
+            return
+        accelerator = self.accelerator
+
         def update():
-            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            run = accelerator.get_tracker("wandb", unwrap=True)
             run.summary.update({k: result[k] for k in SUMMARY_KEYS})
 
         self._call("summary", update)
+        run = accelerator.get_tracker("wandb", unwrap=True) if self.accelerator else None
+        # Accelerate's end_training would finish the run again, unbounded: we own it now.
+        drop_wandb(accelerator)
+        self.accelerator = None
+        if run is None:
+            return
+        done = threading.Event()
+
+        def close():
+            try:
+                run.finish()
+            except Exception as e:
+                warn(f"W&B finish failed ({type(e).__name__}: {e})")
+            done.set()
+
+        threading.Thread(target=close, daemon=True, name="wandb-finish").start()
+        if not done.wait(FINISH_TIMEOUT_S):
+            warn(
+                f"W&B did not finish within {FINISH_TIMEOUT_S} s; local results are written, "
+                "sync the run later with `wandb sync`"
+            )
+
+
+def drop_wandb(accelerator) -> None:
+    """Forget Accelerate's W&B tracker so that end_training never touches a broken run."""
+    accelerator.trackers = [t for t in accelerator.trackers if t.name != "wandb"]

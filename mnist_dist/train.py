@@ -218,10 +218,10 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
         versions=versions(),
         git_commit=git_commit(),
     )
-    tracker.finish(result)
-    if main:
+    if main:  # local results first: W&B may be slow or broken, they must not wait on it
         write_json_atomic(out / "result.json", result)
         accelerator.print(f"final test accuracy {accs[-1]:.2f}%  -> {out / 'result.json'}")
+    tracker.finish(result)
     accelerator.end_training()
     return result
 

@@ -1,0 +1,273 @@
+"""Seed statistics of a sweep, per group: a terminal table, JSON, Markdown and PNG plots.
+
+    mnist-dist report runs/sweeps/smoke
+    mnist-dist report runs/sweeps/smoke --json
+    mnist-dist report runs/sweeps/smoke --markdown report.md --plots plots/ --by lr
+    mnist-dist report --wandb ENTITY/PROJECT --group smoke [--log-to-wandb]
+
+The headline is the final-epoch test accuracy (percent) over seeds: n, mean, variance
+(ddof=1), std, sem, 95% Student-t CI, min, max, seeds at the 99.4% target, and the mean
+first epoch at target. Best-epoch numbers are picked on the test set and appear only under
+a label saying so. Expected trials without a result (from ``sweep.json``), failed trials
+(``error.txt``) and unreadable ``result.json`` files are counted and named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import TARGET_ACC, TrainConfig
+from .errors import UserError, cli_errors
+from .stats import BEST_LABEL, fmt_ci, fmt_mean_std, group_stats
+
+REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float), "config": dict}
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """One result.json; ValueError with a short reason when it is unreadable or incomplete."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    for key, kind in REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"missing or bad {key!r}")
+    if not isinstance(data.get("history"), list):
+        raise ValueError("missing or bad 'history'")
+    data.setdefault("epochs", len(data["history"]))
+    return data
+
+
+def last_line(path: Path) -> str:
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "error.txt is empty"
+
+
+def trial_folders(root: Path) -> tuple[str, list[Path]]:
+    """The sweep's name and its trial folders: from sweep.json, else every run folder."""
+    if not root.exists():
+        raise UserError(f"{root}: no such folder; give a sweep folder (mnist-dist sweep --out)")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; give a sweep folder holding <trial>/result.json")
+    sweep = root / "sweep.json"
+    if sweep.is_file():
+        try:
+            data = json.loads(sweep.read_text())
+            ids = [str(t["trial_id"]) for t in data["trials"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{sweep} is unreadable ({type(e).__name__}: {e})") from e
+        return str(data.get("name") or root.name), [root / i for i in ids]
+    # Any folder of runs: a trial is a folder holding what the trainer or the sweep writes.
+    found = {
+        p.parent
+        for name in ("result.json", "error.txt", "config.json")
+        for p in root.glob(f"*/{name}")
+    }
+    folders = sorted(found)
+    if (root / "result.json").is_file():  # a single run folder
+        folders.insert(0, root)
+    if not folders:
+        raise UserError(f"{root} holds no runs: no sweep.json and no <trial>/result.json")
+    return root.name, folders
+
+
+def load_dir(root: Path) -> tuple[str, list[dict], list[dict], list[dict]]:
+    """(name, results, missing, corrupt): missing holds missing, failed and corrupt trials."""
+    name, folders = trial_folders(root)
+    results, missing, corrupt = [], [], []
+    for folder in folders:
+        entry = dict(trial_id=folder.name, path=str(folder))
+        result, error = folder / "result.json", folder / "error.txt"
+        if result.is_file():
+            try:
+                results.append(read_result(result))
+                continue
+            except ValueError as e:
+                entry.update(status="corrupt", path=str(result), reason=str(e))
+                corrupt.append(entry)
+        elif error.is_file():
+            entry.update(status="failed", path=str(error), reason=last_line(error))
+        else:
+            entry.update(status="missing", reason="no result.json")
+        missing.append(entry)
+    return name, results, missing, corrupt
+
+
+def table_rows(groups: list[dict[str, Any]], by: str) -> list[list[str]]:
+    """The terminal and W&B table: one row per group, headline numbers only."""
+    rows = []
+    for g in groups:
+        first = g["mean_first_epoch_at_target"]
+        rows.append(
+            [
+                str(g[by]),
+                str(g["step"]) if by != "step" else "",
+                str(g["n"]),
+                f"{g['params']:,}" if isinstance(g["params"], int) else str(g["params"]),
+                f"{g['mean']:.3f}",
+                f"{g['std']:.3f}" if g["std"] is not None else "n/a",
+                f"{g['sem']:.3f}" if g["sem"] is not None else "n/a",
+                fmt_ci(g),
+                f"{g['min']:.2f}",
+                f"{g['max']:.2f}",
+                f"{g['n_at_target']}/{g['n']}",
+                f"{first:.1f}" if first is not None else "-",
+            ]
+        )
+    return rows
+
+
+HEADER = ["group", "step", "n", "params", "mean", "std", "sem", "95% CI", "min", "max"]
+HEADER += [f">={TARGET_ACC}", "first epoch at target"]
+
+
+def render_table(name: str, groups: list[dict], missing: list[dict], by: str) -> str:
+    header = list(HEADER)
+    rows = table_rows(groups, by)
+    keep = [i for i in range(len(header)) if not (header[i] == "step" and by == "step")]
+    header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    header[0] = by
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    out = [f"{name}: final-epoch test accuracy (%) over seeds, by {by}", line(header)]
+    out += [line(r) for r in rows]
+    out.append(f"best-epoch test accuracy ({BEST_LABEL}):")
+    out += [f"  {g[by]}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    if any(g["ci95"] is None for g in groups):
+        out.append("n/a: a group with one seed has no variance, std, sem or CI")
+    out += missing_lines(missing)
+    return "\n".join(out)
+
+
+def missing_lines(missing: list[dict]) -> list[str]:
+    if not missing:
+        return ["missing or failed trials: none"]
+    lines = [f"missing or failed trials: {len(missing)}"]
+    return lines + [
+        f"  {m['trial_id']}: {m['status']}: {m['reason']} ({m['path']})" for m in missing
+    ]
+
+
+def render_markdown(name: str, groups: list[dict], missing: list[dict], by: str) -> str:
+    """The origin study's table (step, params, train accuracy, test accuracy), mean ± std (n)."""
+    lead = [] if by == "step" else [by]
+    head = lead + ["step", "params", "train accuracy (%)", "test accuracy (%)", "95% CI"]
+    head += [f"≥ {TARGET_ACC}%", "first epoch at target"]
+    out = [f"## {name}: seed statistics", ""]
+    out.append(
+        "Final-epoch accuracy, mean ± std (n seeds); std is the sample std (ddof=1), the CI "
+        "is Student t on the mean. Train accuracy is the last epoch's running accuracy on "
+        "the augmented training set."
+    )
+    out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        first = g["mean_first_epoch_at_target"]
+        params = f"{g['params']:,}" if isinstance(g["params"], int) else str(g["params"])
+        cells = [str(g[by])] if lead else []
+        cells += [str(g["step"]), params, fmt_mean_std(g["train_acc"]), fmt_mean_std(g)]
+        cells += [fmt_ci(g), f"{g['n_at_target']}/{g['n']}", f"{first:.1f}" if first else "—"]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
+    out += [f"- {g[by]}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    out += [""] + [ln.replace("  ", "- ", 1) for ln in missing_lines(missing)]
+    return "\n".join(out) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def emit(text: str) -> None:
+    """Print to stdout; a reader that stops early (``| head``) is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Python's recipe: point stdout at devnull so the exit-time flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    add = p.add_argument
+    add("dir", nargs="?", help="sweep folder (sweep.json and <trial>/result.json), or any runs")
+    add("--json", action="store_true", help='print {"groups": [...], "missing": [...]}')
+    add("--markdown", metavar="FILE", help="write the Markdown table here")
+    add("--plots", metavar="DIR", help="write the PNG plots into this folder")
+    add("--by", default="step", metavar="KEY", help="TrainConfig key to group by (default step)")
+    add("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of DIR")
+    add("--group", help="W&B group to read (with --wandb) or to log into (default: sweep name)")
+    add("--log-to-wandb", action="store_true", help="log a summary run (table, plots) to W&B")
+    add("--wandb-project", default="mnist-dist", help="[ENTITY/]PROJECT for DIR --log-to-wandb")
+    return p
+
+
+@cli_errors
+def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") -> None:
+    """mnist-dist report DIR [--json] [--markdown FILE] [--plots DIR] [--by KEY]"""
+    args = build_parser(prog).parse_args(argv)
+    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    if args.by not in keys:
+        raise UserError(f"unknown --by key {args.by!r}; valid keys: {', '.join(keys)}")
+    if (args.dir is None) == (args.wandb is None):
+        raise UserError("give a sweep folder DIR or --wandb ENTITY/PROJECT --group G (one of them)")
+    corrupt: list[dict] = []
+    if args.wandb:
+        from .wandb_report import load_runs
+
+        if not args.group:
+            raise UserError("--wandb needs --group G (the sweep's W&B group)")
+        name, (results, missing) = args.group, load_runs(args.wandb, args.group)
+    else:
+        name, results, missing, corrupt = load_dir(Path(args.dir))
+    if not results:
+        where = args.dir or f"{args.wandb} group {args.group}"
+        raise UserError(f"{where}: no finished trials ({len(missing)} missing or failed)")
+    groups = group_stats(results, args.by)
+    if args.json:
+        emit(json.dumps(dict(name=name, by=args.by, groups=groups, missing=missing), indent=2))
+    else:
+        emit(render_table(name, groups, missing, args.by))
+    markdown = render_markdown(name, groups, missing, args.by)
+    plots: list[Path] = []
+    try:
+        if args.markdown:
+            write_text_atomic(Path(args.markdown), markdown)
+        if args.plots:
+            from .plots import write_plots
+
+            plots = write_plots(results, args.by, Path(args.plots))
+    except OSError as e:  # unwritable or full: name the path, no traceback
+        raise UserError(f"could not write {e.filename or 'output'}: {e.strerror or e}") from e
+    if args.log_to_wandb:
+        from .wandb_report import log_report
+
+        project = args.wandb or args.wandb_project
+        rows = [HEADER, *table_rows(groups, args.by)]
+        log_report(project, args.group or name, groups, rows, markdown, plots, results, args)
+    if corrupt:
+        bad = ", ".join(f"{c['path']} ({c['reason']})" for c in corrupt)
+        raise UserError(f"skipped {len(corrupt)} corrupted result.json: {bad}; reported the rest")
+
+
+main = report_main
+
+if __name__ == "__main__":
+    report_main()

@@ -1,0 +1,160 @@
+"""``mnist-dist report``: statistics from a sweep folder, outputs, and one-line errors.
+
+PYTHONPATH=. python -m pytest tests/test_report.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, make_tiny_mnist, run_cli
+from scipy import stats as sps
+from synthetic import fake_result, write_sweep
+
+from mnist_dist.config import Runtime, TrainConfig
+
+
+def synthetic_results(seeds: int = 4) -> list[dict]:
+    rng = np.random.default_rng(1)
+    out = []
+    for step, params in (("step1", 190_442), ("step4", 7_074)):
+        for seed in range(seeds):
+            out.append(fake_result(step, seed, list(rng.normal([98.9, 99.3, 99.4], 0.1)), params))
+    return out
+
+
+def test_json_statistics_match_numpy_and_scipy_and_name_missing_and_failed(tmp_path):
+    results = synthetic_results()
+    root = write_sweep(tmp_path / "s", results, extra_ids=["step4-s8-gone", "step4-s9-boom"])
+    (root / "step4-s9-boom" / "error.txt").write_text("Traceback...\nRuntimeError: CUDA OOM\n")
+    proc = run_cli("report", str(root), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [g["step"] for g in report["groups"]] == ["step1", "step4"]
+    for g in report["groups"]:
+        x = np.array([r["final_test_acc"] for r in results if r["step"] == g["step"]])
+        n = len(x)
+        assert g["n"] == n == 4
+        assert g["mean"] == pytest.approx(x.mean())
+        assert g["variance"] == pytest.approx(x.var(ddof=1))
+        assert g["std"] == pytest.approx(x.std(ddof=1))
+        assert g["sem"] == pytest.approx(sps.sem(x))
+        lo, hi = sps.t.interval(0.95, n - 1, loc=x.mean(), scale=sps.sem(x))
+        assert g["ci95"] == pytest.approx([lo, hi])
+        assert (g["min"], g["max"]) == pytest.approx((x.min(), x.max()))
+        assert g["n_at_target"] == int((x >= 99.4).sum())
+    status = {m["trial_id"]: (m["status"], m["reason"]) for m in report["missing"]}
+    assert status == {
+        "step4-s8-gone": ("missing", "no result.json"),
+        "step4-s9-boom": ("failed", "RuntimeError: CUDA OOM"),
+    }
+    table = run_cli("report", str(root))
+    assert table.returncode == 0, table.stderr
+    assert "missing or failed trials: 2" in table.stdout
+    assert "step4-s9-boom: failed: RuntimeError: CUDA OOM" in table.stdout
+    assert "optimistic" in table.stdout  # the best-epoch line carries its label
+
+
+def test_one_seed_group_shows_no_ci_and_says_so(tmp_path):
+    results = synthetic_results(seeds=2)[:3]  # step1 x2, step4 x1
+    root = write_sweep(tmp_path / "s", results)
+    report = json.loads(run_cli("report", str(root), "--json").stdout)
+    one = report["groups"][1]
+    assert one["n"] == 1 and one["ci95"] is None and "n=1" in one["ci95_note"]
+    table = run_cli("report", str(root)).stdout
+    assert "n/a (n=1)" in table and "one seed has no variance" in table
+
+
+def test_works_on_any_folder_of_runs_and_groups_by_another_key(tmp_path):
+    results = synthetic_results(seeds=2)
+    results[0]["config"]["lr"] = 0.05
+    write_sweep(tmp_path / "s", results)
+    (tmp_path / "s" / "sweep.json").unlink()  # no sweep.json: glob the run folders
+    report = json.loads(run_cli("report", str(tmp_path / "s"), "--json", "--by", "lr").stdout)
+    assert {g["lr"]: g["n"] for g in report["groups"]} == {0.018: 3, 0.05: 1}
+    mixed = report["groups"][0]  # a group spanning steps lists them, and their params
+    assert mixed["step"] == ["step1", "step4"] and mixed["params"] == [7_074, 190_442]
+    assert report["groups"][1]["step"] == "step1" and report["missing"] == []
+
+
+def test_corrupted_result_reports_the_rest_and_names_the_file(tmp_path):
+    results = synthetic_results(seeds=3)
+    root = write_sweep(tmp_path / "s", results)
+    bad = root / results[1]["trial_id"] / "result.json"
+    bad.write_text('{"step": "step1", "final_te')  # torn write
+    proc = run_cli("report", str(root), "--json")
+    assert_one_line_error(proc, "corrupted result.json", str(bad))
+    report = json.loads(proc.stdout)  # the rest is still reported
+    assert [g["n"] for g in report["groups"]] == [2, 3]
+    assert report["missing"][0]["status"] == "corrupt"
+
+
+@pytest.mark.parametrize(
+    "make, args, fragment",
+    [
+        (lambda p: None, ["--json"], "no such folder"),
+        (lambda p: p.mkdir(), [], "holds no runs"),
+        (lambda p: write_sweep(p, synthetic_results(1)), ["--by", "colour"], "unknown --by key"),
+        (lambda p: write_sweep(p, [], ["a", "b"]), [], "no finished trials (2 missing"),
+        (lambda p: (p.mkdir(), (p / "sweep.json").write_text("{")), [], "sweep.json is unreadable"),
+        (lambda p: write_sweep(p, synthetic_results(1)), ["--wandb", "e/p"], "one of them"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, make, args, fragment):
+    make(tmp_path / "s")
+    proc = run_cli("report", str(tmp_path / "s"), *args)
+    assert_one_line_error(proc, fragment)
+    if fragment == "unknown --by key":
+        assert "valid keys: step, seed" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """A real, tiny sweep: 2 steps x 2 seeds, 2 epochs on 256 images, run in-process."""
+    from mnist_dist.train import train
+
+    base = tmp_path_factory.mktemp("smoke")
+    data = make_tiny_mnist(base / "data", n_train=256, n_test=256)
+    root, trials = base / "sweep", []
+    for step in ("step1", "step4"):
+        for seed in (0, 1):
+            cfg = TrainConfig(step=step, seed=seed, epochs=2, train_limit=256)
+            tid = cfg.trial_id()
+            train(cfg, Runtime(out=str(root / tid), data_dir=str(data), progress=False))
+            trials.append(dict(trial_id=tid, config=cfg.resolve().to_dict()))
+    sweep = dict(name="smoke", file="jobs/smoke.toml", trials=trials, jobs=[])
+    (root / "sweep.json").write_text(json.dumps(sweep))
+    return root
+
+
+def test_report_on_a_real_sweep_writes_markdown_and_plots(smoke_sweep, tmp_path):
+    md, plots = tmp_path / "report.md", tmp_path / "plots"
+    proc = run_cli(
+        "report", str(smoke_sweep), "--json", "--markdown", str(md), "--plots", str(plots)
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    results = [json.loads(p.read_text()) for p in smoke_sweep.glob("*/result.json")]
+    assert len(results) == 4 and report["missing"] == []
+    for g in report["groups"]:
+        x = [r["final_test_acc"] for r in results if r["step"] == g["step"]]
+        assert g["n"] == 2 and g["mean"] == pytest.approx(np.mean(x))
+        assert g["std"] == pytest.approx(np.std(x, ddof=1))
+        assert g["params"] == results[[r["step"] for r in results].index(g["step"])]["params"]
+    text = md.read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| step")]
+    assert rows[0].startswith("| step | params | train accuracy (%) | test accuracy (%)")
+    for g in report["groups"]:
+        assert f"| {g['step']} | {g['params']:,} |" in text
+        assert f"{g['mean']:.2f} ± {g['std']:.2f} (n=2)" in text
+    import matplotlib.image as mpimg
+
+    for name in ("test_acc_per_epoch.png", "final_acc_vs_params.png"):
+        png = plots / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = mpimg.imread(png)
+        assert img.shape[0] > 300 and img.shape[1] > 500
+        # non-trivial: many distinct colours (lines, bands, text), not a blank canvas
+        assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 50
