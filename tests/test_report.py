@@ -9,11 +9,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, make_tiny_mnist, run_cli
 from scipy import stats as sps
-from synthetic import fake_result, write_sweep
 
 from mnist_dist.config import Runtime, TrainConfig
+
+from .conftest import assert_one_line_error, make_tiny_mnist, run_cli
+from .synthetic import fake_result, write_sweep
 
 
 def synthetic_results(seeds: int = 4) -> list[dict]:

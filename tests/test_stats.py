@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import stats as sps
-from synthetic import fake_result
 
 from mnist_dist.config import TARGET_ACC
 from mnist_dist.stats import NO_CI, group_stats, summarize
+
+from .synthetic import fake_result
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 20])

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
-from synthetic import fake_result, write_sweep
 
 from mnist_dist.tracking import run_id_for
+
+from .conftest import assert_one_line_error, run_cli
+from .synthetic import fake_result, write_sweep
 
 BLOCK = 32 * 1024  # W&B's transaction log: LevelDB-style 32 KiB blocks, 7-byte headers
 
