@@ -93,10 +93,14 @@ def plot_curves(results: list[dict[str, Any]], by: str, path: Path) -> Path:
 
 
 def plot_params(results: list[dict[str, Any]], path: Path) -> Path:
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
+    xs = []
     for i, g in enumerate(group_stats(results, "step")):
         params = g["params"] if isinstance(g["params"], int) else float(np.mean(g["params"]))
+        xs.append(params)
         ax.errorbar(
             params,
             g["mean"],
@@ -109,6 +113,10 @@ def plot_params(results: list[dict[str, Any]], path: Path) -> Path:
         ax.annotate(g["step"], (params, g["mean"]), textcoords="offset points", xytext=(6, 6))
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
     ax.set_xscale("log")
+    # Plain "7,074"-style labels; log-scale minor labels collide over a narrow range.
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks(sorted({int(x) for x in xs}))
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel("final-epoch test accuracy (%)")
     ax.set_title("Final test accuracy vs parameters, per step (error bars: ±1 std)")
