@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -164,6 +165,7 @@ def run_bench(args) -> dict:
         mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available()
     )
     device = accelerator.device
+    load_before = os.getloadavg()[0]
     data = load_mnist(args.data_dir, download=False).to(device)
     bs = cfg.batch_size
     loader = origin_loader(args.data_dir, bs, args.workers, pin=device.type == "cuda")
@@ -197,6 +199,11 @@ def run_bench(args) -> dict:
         warmup=args.warmup,
         repeats=args.repeats,
         train_images=n_train,
+        # Contention: 1-minute load average (runnable processes) against the cores here.
+        # With load above the core count, OpenMP threads spin-wait on each other: busy.
+        load_avg=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+        cores=len(os.sched_getaffinity(0)),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         torch=torch.__version__,
     )
 
@@ -261,6 +268,8 @@ def print_bench(r: dict) -> None:
         f"bench {r['step']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads, "
         f"{r['steps']} steps x {r['repeats']} rounds (median), warm-up {r['warmup']}"
     )
+    if max(r["load_avg"]) > r["cores"]:
+        print(f"note: busy machine, load {r['load_avg']} on {r['cores']} cores: contended")
     print(f"{'':12} {'ms/step':>8} {'images/s':>9} {'epoch s':>8}")
     notes = dict(
         origin=f"PIL per sample, DataLoader {r['origin_workers']} workers, NCHW fp32",
@@ -291,6 +300,31 @@ def print_ttt(r: dict) -> None:
     )
 
 
+def markdown_table(paths: list[str]) -> str:
+    """The README table: one row per ``--json`` output file."""
+    head = (
+        "| step | batch | origin img/s | origin epoch s | ours img/s | ours epoch s | speedup "
+        "| compute img/s | data overhead | device, threads | load avg |"
+    )
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in paths:
+        try:
+            r = json.loads(Path(path).read_text())
+            o, b, c = r["origin"], r["ours"], r["compute"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(
+                f"--table {path}: not a `mnist-dist bench --json` output ({e})"
+            ) from None
+        rows.append(
+            f"| {r['step']} | {r['batch_size']} | {o['images_per_s']:,.0f} "
+            f"| {o['epoch_seconds']:.1f} | {b['images_per_s']:,.0f} | {b['epoch_seconds']:.1f} "
+            f"| {r['speedup']:.2f}x | {c['images_per_s']:,.0f} "
+            f"| {100 * r['data_overhead']:+.1f}% | {r['device']}, {r['threads']} "
+            f"| {r.get('load_avg', '?')} |"
+        )
+    return "\n".join(rows)
+
+
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description="Time origin pipeline vs ours vs pure compute.")
     add = p.add_argument
@@ -307,6 +341,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     add("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR, then cache)")
     add("--json", action="store_true", help="print one JSON object")
+    add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
     add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
     add("--seed", type=int, default=0, help="time-to-target: training seed")
     add("--epochs", type=int, help="time-to-target: default the step's recipe")
@@ -327,6 +362,9 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
             raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
+    if args.table:
+        print(markdown_table(args.table))
+        return
     if args.time_to_target:
         r = run_time_to_target(args)
         print(json.dumps(r, indent=2)) if args.json else print_ttt(r)

@@ -17,7 +17,7 @@ from .conftest import assert_one_line_error, run_cli
 QUICK = ("--steps", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--cpu")
 
 
-def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist):
+def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist, tmp_path):
     proc = run_cli("bench", "--step", "step4", "--json", "--data-dir", str(tiny_mnist), *QUICK)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
@@ -32,6 +32,13 @@ def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist):
     assert r["speedup"] == pytest.approx(a / b)
     assert r["data_overhead"] == pytest.approx((b - c) / c)
     assert r["threads"] == 1 and r["origin_workers"] == 2 and r["channels_last"] is True
+    # --table turns saved --json outputs into the README's markdown rows.
+    (tmp_path / "s4.json").write_text(proc.stdout)
+    table = run_cli("bench", "--table", str(tmp_path / "s4.json"))
+    assert table.returncode == 0, table.stderr
+    header, rule, row = table.stdout.strip().splitlines()
+    assert row.startswith("| step4 | 64 | ") and f"| {r['speedup']:.2f}x |" in row
+    assert header.count("|") == rule.count("|") == row.count("|")
 
 
 def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
@@ -57,6 +64,7 @@ def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
         (("--step", "step9"), "unknown step 'step9'"),
         (("--mixed-precision", "fp8"), "invalid choice"),
         (("--time-to-target", "--result", "/nonexistent/result.json"), "no such file"),
+        (("--table", "/nonexistent/bench.json"), "not a `mnist-dist bench --json` output"),
     ],
 )
 def test_bench_bad_input_is_one_line(flags, fragment):
