@@ -4,6 +4,7 @@
     mnist-dist bench --step step4 --batch-size 64 --steps 100 --repeats 5
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
     mnist-dist bench --time-to-target --result runs/s4/result.json
+    mnist-dist bench --variants --compile --steps 100 --repeats 5
 
 One run builds the same model at the same batch size three times and times:
 
@@ -154,6 +155,7 @@ def measure(steps: dict[str, Step], device, n: int, warmup: int, repeats: int) -
 
 
 def run_bench(args) -> dict:
+    """(a), (b), (c) and their ratios; with ``--variants``, (c) per memory format instead."""
     from accelerate import Accelerator
 
     cfg = TrainConfig(step=args.step, batch_size=args.batch_size).resolve()
@@ -164,27 +166,38 @@ def run_bench(args) -> dict:
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available()
     )
-    device = accelerator.device
+    device, bs = accelerator.device, cfg.batch_size
     load_before = os.getloadavg()[0]
     data = load_mnist(args.data_dir, download=False).to(device)
-    bs = cfg.batch_size
-    loader = origin_loader(args.data_dir, bs, args.workers, pin=device.type == "cuda")
     ours = TrainBatches(data.train_x, data.train_y, bs, seed=0)
-    mk = dict(lr=cfg.lr, channels_last=args.channels_last, compile_=args.compile)
-    steps = {
-        "origin": origin_step(cfg.step, loader, device, cfg.lr),
-        "ours": our_step(cfg.step, accelerator, forever(ours.epoch), **mk),
-        "compute": our_step(cfg.step, accelerator, ours.epoch(0), fixed=True, **mk),
-    }
+    if args.variants:  # compute alone: eager (and compiled) x NCHW and channels_last
+        first = next(ours.epoch(0))
+        steps = {
+            f"{'compile' if c else 'eager'} {'channels_last' if cl else 'nchw'}": our_step(
+                cfg.step, accelerator, iter([first]), cfg.lr, cl, c, fixed=True
+            )
+            for c in ((False, True) if args.compile else (False,))
+            for cl in (False, True)
+        }
+    else:
+        loader = origin_loader(args.data_dir, bs, args.workers, pin=device.type == "cuda")
+        mk = dict(lr=cfg.lr, channels_last=args.channels_last, compile_=args.compile)
+        steps = {
+            "origin": origin_step(cfg.step, loader, device, cfg.lr),
+            "ours": our_step(cfg.step, accelerator, forever(ours.epoch), **mk),
+            "compute": our_step(cfg.step, accelerator, ours.epoch(0), fixed=True, **mk),
+        }
     res = measure(steps, device, args.steps, args.warmup, args.repeats)
-    a, b, c = (res[k]["ms_per_step"] for k in ("origin", "ours", "compute"))
     n_train = len(data.train_x)
     for r in res.values():  # one pass over the training set at this rate, seconds
         r["epoch_seconds"] = n_train / r["images_per_s"]
+    if args.variants:
+        res = dict(variants=res)
+    else:
+        a, b, c = (res[k]["ms_per_step"] for k in ("origin", "ours", "compute"))
+        res.update(speedup=a / b, data_overhead=(b - c) / c)
     return dict(
         **res,
-        speedup=a / b,
-        data_overhead=(b - c) / c,
         step=cfg.step,
         batch_size=bs,
         device=str(device),
@@ -300,6 +313,12 @@ def print_ttt(r: dict) -> None:
     )
 
 
+def print_variants(r: dict) -> None:
+    print(f"compute alone, {r['step']}, batch {r['batch_size']}, load {r['load_avg']}")
+    for name, m in r["variants"].items():
+        print(f"{name:24} {m['ms_per_step']:8.2f} ms/step  rounds {m['rounds_ms']}")
+
+
 def markdown_table(paths: list[str]) -> str:
     """The README table: one row per ``--json`` output file."""
     head = (
@@ -341,6 +360,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--cpu", action="store_true", help="run on CPU even when a GPU is present")
     add("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR, then cache)")
     add("--json", action="store_true", help="print one JSON object")
+    add("--variants", action="store_true", help="compute only: NCHW vs channels_last")
     add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
     add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
     add("--seed", type=int, default=0, help="time-to-target: training seed")
@@ -363,14 +383,12 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
             name = "--" + flag.replace("_", "-")
             raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
     if args.table:
-        print(markdown_table(args.table))
-        return
+        return print(markdown_table(args.table))
     if args.time_to_target:
-        r = run_time_to_target(args)
-        print(json.dumps(r, indent=2)) if args.json else print_ttt(r)
-        return
-    r = run_bench(args)
-    print(json.dumps(r, indent=2)) if args.json else print_bench(r)
+        r, show = run_time_to_target(args), print_ttt
+    else:
+        r, show = run_bench(args), print_variants if args.variants else print_bench
+    print(json.dumps(r, indent=2)) if args.json else show(r)
 
 
 main = bench_main

@@ -55,6 +55,15 @@ def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
     assert (r["batch_size"], r["channels_last"]) == (32, False)
 
 
+def test_bench_variants_time_compute_in_both_memory_formats(tiny_mnist):
+    proc = run_cli("bench", "--variants", "--json", "--data-dir", str(tiny_mnist), *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert set(r["variants"]) == {"eager nchw", "eager channels_last"}
+    assert "origin" not in r and "speedup" not in r
+    assert all(len(m["rounds_ms"]) == 2 for m in r["variants"].values())
+
+
 @pytest.mark.parametrize(
     "flags, fragment",
     [
