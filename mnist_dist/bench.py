@@ -245,6 +245,7 @@ def time_to_target(result: dict) -> dict:
         epochs=result["epochs"],
         batch_size=result["batch_size"],
         final_test_acc=result["final_test_acc"],
+        best_test_acc=max(h["test_acc"] for h in hist),
         train_seconds_all=sum(h["seconds"] for h in hist),
         eval_seconds_all=(
             sum(h["eval_seconds"] for h in hist) if all("eval_seconds" in h for h in hist) else None
@@ -303,7 +304,10 @@ def print_bench(r: dict) -> None:
 def print_ttt(r: dict) -> None:
     head = f"time to {r['target_acc']}%: {r['step']} seed {r['seed']}, {r['device']}"
     if not r["reached"]:
-        print(f"{head}: not reached in {r['epochs']} epochs (final {r['final_test_acc']:.2f}%)")
+        print(
+            f"{head}: not reached in {r['epochs']} epochs "
+            f"(final {r['final_test_acc']:.2f}%, best {r['best_test_acc']:.2f}%)"
+        )
         return
     ev = r["eval_seconds_to_target"]
     print(

@@ -130,6 +130,7 @@ def test_time_to_target_is_the_first_epoch_at_or_above_99_4():
     assert r["train_seconds_to_target"] == 30.0  # epochs 1 and 2: 10 s + 20 s
     assert r["eval_seconds_to_target"] == 2.0
     assert r["train_seconds_all"] == 100.0 and r["eval_seconds_all"] == 4.0
+    assert r["best_test_acc"] == 99.5
 
 
 def test_time_to_target_not_reached_or_without_eval_timing():
