@@ -5,6 +5,7 @@
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
     mnist-dist bench --time-to-target --result runs/s4/result.json
     mnist-dist bench --variants --compile --steps 100 --repeats 5
+    mnist-dist bench --table results/bench/raw/cpu-step*.json
 
 One run builds the same model at the same batch size three times and times:
 
