@@ -1,0 +1,402 @@
+"""Time the origin pipeline, our trainer's step and pure compute, side by side.
+
+    mnist-dist bench --step step4 --json
+    mnist-dist bench --step step4 --batch-size 64 --steps 100 --repeats 5
+    mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
+    mnist-dist bench --time-to-target --result runs/s4/result.json
+    mnist-dist bench --variants --compile --steps 100 --repeats 5
+    mnist-dist bench --table results/bench/raw/cpu-step*.json
+
+One run builds the same model at the same batch size three times and times:
+
+(a) origin:  torchvision PIL transforms per sample in a DataLoader (2 workers, shuffle),
+             then a plain PyTorch step in NCHW, fp32, as the origin study trained;
+(b) ours:    ``TrainBatches`` (on-device gather + one affine warp per batch) feeding the
+             same step as ``train.py``: Accelerate, channels_last, SGD momentum;
+(c) compute: (b)'s step on one fixed batch, so (b) - (c) is the data pipeline's cost.
+
+Each is warmed up (worker start, torch.compile, allocator), then timed for ``--steps``
+steps; ``--repeats`` rounds interleave a, b, c so that load from other processes hits all
+three alike, and the median round is reported. On CUDA the clock reads after a
+``torch.cuda.synchronize()``; the hot loops themselves never sync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, Runtime, TrainConfig
+from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
+from .errors import UserError, cli_errors
+from .models import build_model
+from .train import _Parser, compile_model, cpu_threads, train
+
+Step = Callable[[], int]  # runs one training step, returns the images it trained on
+
+
+def origin_loader(data_dir: str | None, batch_size: int, workers: int, pin: bool):
+    """The origin study's train pipeline: per-sample PIL transforms, a worker DataLoader."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose(
+        [
+            transforms.RandomApply([transforms.CenterCrop(22)], p=0.1),
+            transforms.Resize((28, 28)),
+            transforms.RandomRotation((-15.0, 15.0), fill=0),
+            transforms.ToTensor(),
+            transforms.Normalize((MEAN,), (STD,)),
+        ]
+    )
+    root = str(default_data_dir(data_dir))
+    ds = datasets.MNIST(root=root, train=True, download=False, transform=tf)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin
+    )
+
+
+def forever(epochs: Callable[[int], Iterator]) -> Iterator:
+    """Chain epoch 0, 1, 2, ... of a batch source (short runs on tiny data wrap around)."""
+    epoch = 0
+    while True:
+        yield from epochs(epoch)
+        epoch += 1
+
+
+def origin_step(step: str, loader, device, lr: float) -> Step:
+    torch.manual_seed(0)
+    model = build_model(step).to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    batches = forever(lambda _: iter(loader))
+
+    def run() -> int:
+        xb, yb = next(batches)
+        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+        opt.zero_grad(set_to_none=True)
+        F.nll_loss(model(xb), yb).backward()
+        opt.step()
+        return len(yb)
+
+    return run
+
+
+def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False):
+    """``train.py``'s hot loop body, as written there, on ``batches`` (or one fixed batch)."""
+    torch.manual_seed(0)
+    net = build_model(step)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    model, opt = accelerator.prepare(net.to(accelerator.device), opt)
+    if compile_:
+        model = compile_model(model, accelerator.device)
+    model.train()
+    sums = torch.zeros(2, device=accelerator.device)  # on-device running sums, as train.py
+    first = next(batches)
+
+    def run() -> int:
+        xb, yb = first if fixed else next(batches)
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        logp = model(xb)
+        loss = F.nll_loss(logp, yb)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        sums[0] += loss.detach().float() * len(yb)
+        sums[1] += (logp.argmax(1) == yb).sum()
+        return len(yb)
+
+    return run
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(steps: dict[str, Step], device, n: int, warmup: int, repeats: int) -> dict:
+    """Median over ``repeats`` interleaved rounds of ``n`` timed steps, after warm-up."""
+    for run in steps.values():  # first warm-up: worker start, compilation, allocator
+        for _ in range(warmup):
+            run()
+    rounds: dict[str, list[tuple[float, int]]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, run in steps.items():
+            # Re-warm: the origin's workers filled their prefetch queue (2 per worker)
+            # while the others ran; draining it first keeps that idle work out of the clock.
+            for _ in range(warmup):
+                run()
+            sync(device)
+            t0 = time.perf_counter()
+            images = sum(run() for _ in range(n))
+            sync(device)
+            rounds[name].append((time.perf_counter() - t0, images))
+    out = {}
+    for name, rs in rounds.items():
+        ms = statistics.median(1000.0 * t / n for t, _ in rs)
+        per_step = sum(i for _, i in rs) / (n * len(rs))  # images per step (last batch short)
+        out[name] = dict(
+            ms_per_step=ms,
+            images_per_s=per_step * 1000.0 / ms,
+            rounds_ms=[round(1000.0 * t / n, 3) for t, _ in rs],
+        )
+    return out
+
+
+def run_bench(args) -> dict:
+    """(a), (b), (c) and their ratios; with ``--variants``, (c) per memory format instead."""
+    from accelerate import Accelerator
+
+    cfg = TrainConfig(step=args.step, batch_size=args.batch_size).resolve()
+    if args.mixed_precision == "fp16" and (args.cpu or not torch.cuda.is_available()):
+        raise UserError("--mixed-precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
+    threads = args.threads or cpu_threads()
+    torch.set_num_threads(threads)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available()
+    )
+    device, bs = accelerator.device, cfg.batch_size
+    load_before = os.getloadavg()[0]
+    data = load_mnist(args.data_dir, download=False).to(device)
+    ours = TrainBatches(data.train_x, data.train_y, bs, seed=0)
+    if args.variants:  # compute alone: eager (and compiled) x NCHW and channels_last
+        first = next(ours.epoch(0))
+        steps = {
+            f"{'compile' if c else 'eager'} {'channels_last' if cl else 'nchw'}": our_step(
+                cfg.step, accelerator, iter([first]), cfg.lr, cl, c, fixed=True
+            )
+            for c in ((False, True) if args.compile else (False,))
+            for cl in (False, True)
+        }
+    else:
+        loader = origin_loader(args.data_dir, bs, args.workers, pin=device.type == "cuda")
+        mk = dict(lr=cfg.lr, channels_last=args.channels_last, compile_=args.compile)
+        steps = {
+            "origin": origin_step(cfg.step, loader, device, cfg.lr),
+            "ours": our_step(cfg.step, accelerator, forever(ours.epoch), **mk),
+            "compute": our_step(cfg.step, accelerator, ours.epoch(0), fixed=True, **mk),
+        }
+    res = measure(steps, device, args.steps, args.warmup, args.repeats)
+    n_train = len(data.train_x)
+    for r in res.values():  # one pass over the training set at this rate, seconds
+        r["epoch_seconds"] = n_train / r["images_per_s"]
+    if args.variants:
+        res = dict(variants=res)
+    else:
+        a, b, c = (res[k]["ms_per_step"] for k in ("origin", "ours", "compute"))
+        res.update(speedup=a / b, data_overhead=(b - c) / c)
+    return dict(
+        **res,
+        step=cfg.step,
+        batch_size=bs,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        threads=threads,
+        origin_workers=args.workers,
+        origin_setup="PIL transforms, DataLoader, plain PyTorch, NCHW, fp32, no compile",
+        channels_last=args.channels_last,
+        compile=args.compile,
+        mixed_precision=args.mixed_precision,
+        steps=args.steps,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        train_images=n_train,
+        # Contention: 1-minute load average (runnable processes) against the cores here.
+        # With load above the core count, OpenMP threads spin-wait on each other: busy.
+        load_avg=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+        cores=len(os.sched_getaffinity(0)),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        torch=torch.__version__,
+    )
+
+
+def time_to_target(result: dict) -> dict:
+    """Training seconds until test accuracy first reaches TARGET_ACC, from the history."""
+    train_s = eval_s = 0.0
+    hit = None
+    for row in result["history"]:
+        train_s += row["seconds"]
+        # Older result.json files have no eval timing: then it is reported as unknown.
+        eval_s = eval_s + row["eval_seconds"] if "eval_seconds" in row else math.nan
+        if row["test_acc"] >= TARGET_ACC:
+            hit = row
+            break
+    hist = result["history"]
+    return dict(
+        target_acc=TARGET_ACC,
+        reached=hit is not None,
+        epoch=hit["epoch"] if hit else None,
+        test_acc=hit["test_acc"] if hit else None,
+        train_seconds_to_target=train_s if hit else None,
+        eval_seconds_to_target=(None if math.isnan(eval_s) else eval_s) if hit else None,
+        step=result["step"],
+        seed=result["seed"],
+        epochs=result["epochs"],
+        batch_size=result["batch_size"],
+        final_test_acc=result["final_test_acc"],
+        best_test_acc=max(h["test_acc"] for h in hist),
+        train_seconds_all=sum(h["seconds"] for h in hist),
+        eval_seconds_all=(
+            sum(h["eval_seconds"] for h in hist) if all("eval_seconds" in h for h in hist) else None
+        ),
+        device=result["device"],
+        mixed_precision=result["mixed_precision"],
+        compile=result["config"].get("compile"),
+    )
+
+
+def run_time_to_target(args) -> dict:
+    if args.result:
+        path = Path(args.result)
+        if not path.is_file():
+            raise UserError(f"--result {path}: no such file (a run folder's result.json)")
+        return time_to_target(json.loads(path.read_text()))
+    cfg = TrainConfig(
+        step=args.step,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        mixed_precision=args.mixed_precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
+    out = args.out or str(Path("runs/bench/time-to-target") / cfg.trial_id())
+    rt = Runtime(out=out, data_dir=args.data_dir, cpu=args.cpu, progress=False)
+    with contextlib.redirect_stdout(sys.stderr):  # train's epoch log; stdout stays JSON
+        return time_to_target(train(cfg, rt))
+
+
+def print_bench(r: dict) -> None:
+    print(
+        f"bench {r['step']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads, "
+        f"{r['steps']} steps x {r['repeats']} rounds (median), warm-up {r['warmup']}"
+    )
+    if max(r["load_avg"]) > r["cores"]:
+        print(f"note: busy machine, load {r['load_avg']} on {r['cores']} cores: contended")
+    print(f"{'':12} {'ms/step':>8} {'images/s':>9} {'epoch s':>8}")
+    notes = dict(
+        origin=f"PIL per sample, DataLoader {r['origin_workers']} workers, NCHW fp32",
+        ours=f"TrainBatches, channels_last={r['channels_last']}, compile={r['compile']}",
+        compute="one fixed batch: forward, backward, SGD step",
+    )
+    for name, note in notes.items():
+        m = r[name]
+        print(
+            f"{name:12} {m['ms_per_step']:8.2f} {m['images_per_s']:9,.0f} "
+            f"{m['epoch_seconds']:8.1f}  {note}"
+        )
+    print(
+        f"speedup b/a {r['speedup']:.2f}x   data overhead (b-c)/c {100 * r['data_overhead']:.1f}%"
+    )
+
+
+def print_ttt(r: dict) -> None:
+    head = f"time to {r['target_acc']}%: {r['step']} seed {r['seed']}, {r['device']}"
+    if not r["reached"]:
+        print(
+            f"{head}: not reached in {r['epochs']} epochs "
+            f"(final {r['final_test_acc']:.2f}%, best {r['best_test_acc']:.2f}%)"
+        )
+        return
+    ev = r["eval_seconds_to_target"]
+    print(
+        f"{head}: epoch {r['epoch']} ({r['test_acc']:.2f}%), "
+        f"{r['train_seconds_to_target']:.1f} s training"
+        + (f" + {ev:.1f} s evaluation (not counted)" if ev is not None else "")
+    )
+
+
+def print_variants(r: dict) -> None:
+    print(f"compute alone, {r['step']}, batch {r['batch_size']}, load {r['load_avg']}")
+    for name, m in r["variants"].items():
+        print(f"{name:24} {m['ms_per_step']:8.2f} ms/step  rounds {m['rounds_ms']}")
+
+
+def markdown_table(paths: list[str]) -> str:
+    """The README table: one row per ``--json`` output file."""
+    head = (
+        "| step | batch | origin img/s | origin epoch s | ours img/s | ours epoch s | speedup "
+        "| compute img/s | data overhead | device, threads | load avg |"
+    )
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in paths:
+        try:
+            r = json.loads(Path(path).read_text())
+            o, b, c = r["origin"], r["ours"], r["compute"]
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(
+                f"--table {path}: not a `mnist-dist bench --json` output ({e})"
+            ) from None
+        rows.append(
+            f"| {r['step']} | {r['batch_size']} | {o['images_per_s']:,.0f} "
+            f"| {o['epoch_seconds']:.1f} | {b['images_per_s']:,.0f} | {b['epoch_seconds']:.1f} "
+            f"| {r['speedup']:.2f}x | {c['images_per_s']:,.0f} "
+            f"| {100 * r['data_overhead']:+.1f}% | {r['device']}, {r['threads']} "
+            f"| {r.get('load_avg', '?')} |"
+        )
+    return "\n".join(rows)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Time origin pipeline vs ours vs pure compute.")
+    add = p.add_argument
+    add("--step", default="step4", help="registered model, see `mnist-dist models`")
+    add("--batch-size", type=int, help="default: the step's recipe (64 for step3/4)")
+    add("--steps", type=int, default=50, help="timed steps per round")
+    add("--warmup", type=int, default=5, help="untimed steps before each round")
+    add("--repeats", type=int, default=3, help="rounds; the median is reported")
+    add("--workers", type=int, default=2, help="origin DataLoader workers")
+    add("--threads", type=int, help="torch threads (default: cpu_threads(), all cores)")
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    add("--compile", action="store_true", help="torch.compile ours and compute")
+    add("--mixed-precision", default="no", choices=MIXED_PRECISION, help="ours and compute")
+    add("--cpu", action="store_true", help="run on CPU even when a GPU is present")
+    add("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR, then cache)")
+    add("--json", action="store_true", help="print one JSON object")
+    add("--variants", action="store_true", help="compute only: NCHW vs channels_last")
+    add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
+    add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
+    add("--seed", type=int, default=0, help="time-to-target: training seed")
+    add("--epochs", type=int, help="time-to-target: default the step's recipe")
+    add("--out", help="time-to-target: run folder (default runs/bench/time-to-target/<id>)")
+    add("--result", help="time-to-target: read this result.json instead of training")
+    return p
+
+
+@cli_errors
+def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.bench") -> None:
+    args = build_parser(prog).parse_args(argv)
+    if args.step not in RECIPES:
+        TrainConfig(step=args.step).resolve()  # raises the one-line unknown-step error
+    for flag, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("workers", 0)):
+        if getattr(args, flag) < low:
+            raise UserError(f"--{flag} must be at least {low}, got {getattr(args, flag)}")
+    for flag in ("threads", "batch_size"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            name = "--" + flag.replace("_", "-")
+            raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
+    if args.table:
+        return print(markdown_table(args.table))
+    if args.time_to_target:
+        r, show = run_time_to_target(args), print_ttt
+    else:
+        r, show = run_bench(args), print_variants if args.variants else print_bench
+    print(json.dumps(r, indent=2)) if args.json else show(r)
+
+
+main = bench_main
+
+if __name__ == "__main__":
+    bench_main()

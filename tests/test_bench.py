@@ -1,0 +1,141 @@
+"""``mnist-dist bench``: the output's fields and their arithmetic, never the timings.
+
+python -m pytest tests/test_bench.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mnist_dist.bench import time_to_target
+
+from .conftest import assert_one_line_error, run_cli
+
+# Tiny timings: the fields and ratios are what is checked, not the speed.
+QUICK = ("--steps", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--cpu")
+
+
+def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist, tmp_path):
+    proc = run_cli("bench", "--step", "step4", "--json", "--data-dir", str(tiny_mnist), *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert (r["step"], r["batch_size"], r["device"]) == ("step4", 64, "cpu")
+    for name in ("origin", "ours", "compute"):
+        m = r[name]
+        assert m["ms_per_step"] > 0 and len(m["rounds_ms"]) == 2
+        # 512 tiny training images = 8 full batches of 64: every step sees 64 images.
+        assert m["images_per_s"] == pytest.approx(64 * 1000 / m["ms_per_step"])
+        assert m["epoch_seconds"] == pytest.approx(512 / m["images_per_s"])
+    a, b, c = (r[k]["ms_per_step"] for k in ("origin", "ours", "compute"))
+    assert r["speedup"] == pytest.approx(a / b)
+    assert r["data_overhead"] == pytest.approx((b - c) / c)
+    assert r["threads"] == 1 and r["origin_workers"] == 2 and r["channels_last"] is True
+    # --table turns saved --json outputs into the README's markdown rows.
+    (tmp_path / "s4.json").write_text(proc.stdout)
+    table = run_cli("bench", "--table", str(tmp_path / "s4.json"))
+    assert table.returncode == 0, table.stderr
+    header, rule, row = table.stdout.strip().splitlines()
+    assert row.startswith("| step4 | 64 | ") and f"| {r['speedup']:.2f}x |" in row
+    assert header.count("|") == rule.count("|") == row.count("|")
+
+
+def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
+    args = ("bench", "--step", "step1", "--no-channels-last", "--data-dir", str(tiny_mnist))
+    proc = run_cli(*args, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "bench step1, batch 128, cpu, 1 threads" in out  # step1's recipe batch
+    for name in ("origin", "ours", "compute", "speedup b/a", "data overhead"):
+        assert name in out
+    proc = run_cli(*args, "--batch-size", "32", "--json", *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert (r["batch_size"], r["channels_last"]) == (32, False)
+
+
+def test_bench_variants_time_compute_in_both_memory_formats(tiny_mnist):
+    proc = run_cli("bench", "--variants", "--json", "--data-dir", str(tiny_mnist), *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert set(r["variants"]) == {"eager nchw", "eager channels_last"}
+    assert "origin" not in r and "speedup" not in r
+    assert all(len(m["rounds_ms"]) == 2 for m in r["variants"].values())
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (("--steps", "0"), "--steps must be at least 1"),
+        (("--repeats", "0"), "--repeats must be at least 1"),
+        (("--batch-size", "0"), "--batch-size must be at least 1"),
+        (("--step", "step9"), "unknown step 'step9'"),
+        (("--mixed-precision", "fp8"), "invalid choice"),
+        (("--time-to-target", "--result", "/nonexistent/result.json"), "no such file"),
+        (("--table", "/nonexistent/bench.json"), "not a `mnist-dist bench --json` output"),
+    ],
+)
+def test_bench_bad_input_is_one_line(flags, fragment):
+    assert_one_line_error(run_cli("bench", *flags), fragment)
+
+
+def test_time_to_target_trains_then_rereads_its_result(tiny_mnist, tmp_path):
+    out = tmp_path / "ttt"
+    common = ("bench", "--time-to-target", "--json")
+    args = ("--step", "step4", "--seed", "3", "--epochs", "2", "--cpu", "--out", str(out))
+    proc = run_cli(*common, *args, "--data-dir", str(tiny_mnist))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    hist = json.loads((out / "result.json").read_text())["history"]
+    assert (r["step"], r["seed"], r["epochs"]) == ("step4", 3, 2)
+    assert all(h["eval_seconds"] > 0 for h in hist)  # train.py times evaluation apart
+    assert r["train_seconds_all"] == pytest.approx(sum(h["seconds"] for h in hist))
+    hits = [h for h in hist if h["test_acc"] >= 99.4]
+    assert r["reached"] == bool(hits)
+    if hits:
+        k = hits[0]["epoch"]
+        assert r["epoch"] == k
+        assert r["train_seconds_to_target"] == pytest.approx(sum(h["seconds"] for h in hist[:k]))
+        assert r["eval_seconds_to_target"] == pytest.approx(
+            sum(h["eval_seconds"] for h in hist[:k])
+        )
+    again = run_cli(*common, "--result", str(out / "result.json"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == r
+
+
+def _result(accs, eval_seconds=True):
+    hist = [
+        dict(epoch=i + 1, test_acc=a, seconds=10.0 * (i + 1))
+        | (dict(eval_seconds=1.0) if eval_seconds else {})
+        for i, a in enumerate(accs)
+    ]
+    return dict(
+        step="step4",
+        seed=0,
+        epochs=len(accs),
+        batch_size=64,
+        history=hist,
+        final_test_acc=accs[-1],
+        device="cpu",
+        mixed_precision="no",
+        config=dict(compile=False),
+    )
+
+
+def test_time_to_target_is_the_first_epoch_at_or_above_99_4():
+    r = time_to_target(_result([98.0, 99.4, 99.2, 99.5]))
+    assert (r["reached"], r["epoch"], r["test_acc"]) == (True, 2, 99.4)
+    assert r["train_seconds_to_target"] == 30.0  # epochs 1 and 2: 10 s + 20 s
+    assert r["eval_seconds_to_target"] == 2.0
+    assert r["train_seconds_all"] == 100.0 and r["eval_seconds_all"] == 4.0
+    assert r["best_test_acc"] == 99.5
+
+
+def test_time_to_target_not_reached_or_without_eval_timing():
+    r = time_to_target(_result([98.0, 99.39]))
+    assert (r["reached"], r["epoch"], r["train_seconds_to_target"]) == (False, None, None)
+    r = time_to_target(_result([99.6], eval_seconds=False))  # a result.json from before
+    assert r["train_seconds_to_target"] == 10.0
+    assert r["eval_seconds_to_target"] is None and r["eval_seconds_all"] is None
