@@ -39,9 +39,9 @@ import torch.nn.functional as F
 
 from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, Runtime, TrainConfig
 from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
-from .errors import UserError, cli_errors
+from .errors import ArgumentParser, UserError, cli_errors
 from .models import build_model
-from .train import _Parser, compile_model, cpu_threads, train
+from .train import compile_model, cpu_threads, train
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
 
@@ -350,7 +350,7 @@ def markdown_table(paths: list[str]) -> str:
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Time origin pipeline vs ours vs pure compute.")
+    p = ArgumentParser(prog=prog, description="Time origin pipeline vs ours vs pure compute.")
     add = p.add_argument
     add("--step", default="step4", help="registered model, see `mnist-dist models`")
     add("--batch-size", type=int, help="default: the step's recipe (64 for step3/4)")

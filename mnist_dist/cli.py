@@ -10,12 +10,11 @@ mnist-dist bench --step step4 [--json]
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import sys
 
-from .errors import UserError, cli_errors
+from .errors import ArgumentParser, UserError, cli_errors
 
 # subcommand -> (module whose main(argv, prog) runs it, one-line help)
 COMMANDS = {
@@ -31,7 +30,7 @@ COMMANDS = {
 def models_main(argv: list[str], prog: str = "mnist-dist models") -> None:
     from .models import MODELS, build_model, count_params
 
-    p = argparse.ArgumentParser(prog=prog, description=COMMANDS["models"][1])
+    p = ArgumentParser(prog=prog, description=COMMANDS["models"][1])
     p.add_argument("--json", action="store_true", help="print a JSON list")
     args = p.parse_args(argv)
     rows = [

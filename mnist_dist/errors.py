@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -14,6 +15,13 @@ from typing import Any
 
 class UserError(Exception):
     """Bad input. Entry points print ``mnist-dist: error: <message>`` and exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with bad flags as one ``UserError`` line instead of a usage dump."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def cli_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TARGET_ACC, TrainConfig
-from .errors import UserError, cli_errors
+from .errors import ArgumentParser, UserError, cli_errors
 from .stats import BEST_LABEL, fmt_ci, fmt_mean_std, group_stats
 
 REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float), "config": dict}
@@ -199,13 +199,8 @@ def emit(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     add = p.add_argument
     add("dir", nargs="?", help="sweep folder (sweep.json and <trial>/result.json), or any runs")
     add("--json", action="store_true", help='print {"groups": [...], "missing": [...]}')

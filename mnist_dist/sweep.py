@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, cli_errors, write_json_atomic
+from .errors import ArgumentParser, UserError, cli_errors, write_json_atomic
 from .slurm import (
     CLUSTERS,
     LIVE_STATES,
@@ -38,11 +38,6 @@ from .sweepfile import MAX_TRIALS, SweepSpec, load_sweep
 
 STATES = ("done", "running", "pending", "failed", "missing", "unknown")
 RECORD = "sweep.json"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
 def now() -> str:
@@ -135,7 +130,7 @@ def print_plan(spec: SweepSpec, trials: list[dict[str, Any]], actions: dict[str,
 
 
 def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Submit a sweep file's trials as job arrays.")
+    p = ArgumentParser(prog=prog, description="Submit a sweep file's trials as job arrays.")
     p.add_argument("file", help="sweep file, e.g. jobs/smoke.toml")
     p.add_argument("--cluster", default="slurm", choices=CLUSTERS, help="default: slurm")
     p.add_argument("--out", help="sweep folder (default: runs/sweeps/<name>)")
@@ -279,7 +274,7 @@ def wait(out: Path, record: dict[str, Any], poll: float) -> None:
 @cli_errors
 def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") -> None:
     """mnist-dist status /tmp/s --json"""
-    p = _Parser(prog=prog, description="State of each trial in a sweep folder, and counts.")
+    p = ArgumentParser(prog=prog, description="State of each trial in a sweep folder, and counts.")
     p.add_argument("dir", help="sweep folder (holds sweep.json)")
     p.add_argument("--json", action="store_true", help="print JSON: counts and trials")
     args = p.parse_args(argv)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import __version__
 from .config import MIXED_PRECISION, TARGET_ACC, Runtime, TrainConfig
 from .data import DataFactory, TrainBatches, eval_batches, load_mnist
-from .errors import UserError, cli_errors, write_json_atomic
+from .errors import ArgumentParser, UserError, cli_errors, write_json_atomic
 from .models import build_model, count_params
 from .tracking import Tracker
 
@@ -284,13 +284,8 @@ def versions() -> dict[str, str]:
     )
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage dump
-        raise UserError(f"{message} (see `{self.prog} --help`)")
-
-
 def build_parser(prog: str = "mnist-dist train") -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Train one step model (defaults: the step's recipe).")
+    p = ArgumentParser(prog=prog, description="Train one step model (defaults: the step's recipe).")
     add = p.add_argument
     add("--step", default="step4", help="registered model, see `mnist-dist models`")
     add("--seed", type=int, default=0)
