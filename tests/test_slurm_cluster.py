@@ -24,7 +24,7 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(shutil.which("sbatch") is None, reason="sbatch not found: no SLURM client"),
 ]
-TIMING_KEYS = ("seconds", "images_per_s")  # wall-clock, differ between any two runs
+TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock, differ between any two runs
 
 
 @pytest.fixture(scope="module")
