@@ -86,6 +86,7 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
     if cfg.mixed_precision == "fp16" and (rt.cpu or not torch.cuda.is_available()):
         raise UserError("--mixed-precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
     out = Path(rt.out or Path("runs") / cfg.trial_id())
+    commit = git_commit()  # at start: HEAD may move while a long run trains
     torch.set_num_threads(cpu_threads())
     # cpu=True is also what makes Accelerate see torchrun's processes as MULTI_CPU (gloo).
     accelerator = Accelerator(
@@ -227,7 +228,7 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
         trial_id=cfg.trial_id(),
         config=cfg.to_dict(),
         versions=versions(),
-        git_commit=git_commit(),
+        git_commit=commit,
     )
     if main:  # local results first: W&B may be slow or broken, they must not wait on it
         write_json_atomic(out / "result.json", result)
