@@ -41,7 +41,7 @@ from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, Runtime, TrainConfig
 from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
 from .errors import ArgumentParser, UserError, cli_errors
 from .models import build_model
-from .train import compile_model, cpu_threads, train
+from .train import compile_model, cpu_threads, train, train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
 
@@ -92,7 +92,7 @@ def origin_step(step: str, loader, device, lr: float) -> Step:
 
 
 def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False):
-    """``train.py``'s hot loop body, as written there, on ``batches`` (or one fixed batch)."""
+    """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch)."""
     torch.manual_seed(0)
     net = build_model(step)
     if channels_last:
@@ -107,15 +107,7 @@ def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, 
 
     def run() -> int:
         xb, yb = first if fixed else next(batches)
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        logp = model(xb)
-        loss = F.nll_loss(logp, yb)
-        opt.zero_grad(set_to_none=True)
-        accelerator.backward(loss)
-        opt.step()
-        sums[0] += loss.detach().float() * len(yb)
-        sums[1] += (logp.argmax(1) == yb).sum()
+        train_step(model, opt, accelerator, xb, yb, channels_last, sums)
         return len(yb)
 
     return run
