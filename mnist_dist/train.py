@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .config import MIXED_PRECISION, TARGET_ACC, Runtime, TrainConfig
+from .config import MIXED_PRECISION, SCHEDULERS, TARGET_ACC, Runtime, TrainConfig
 from .data import DataFactory, TrainBatches, eval_batches, load_mnist
 from .errors import ArgumentParser, UserError, cli_errors, write_json_atomic
 from .models import build_model, count_params
@@ -106,17 +106,33 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
 
     with accelerator.main_process_first():  # only rank 0 may download
         data = data_factory(rt.data_dir, rt.download).to(device)
-    train_x, train_y = data.train_x[: cfg.train_limit], data.train_y[: cfg.train_limit]
+    n_fit = len(data.train_x) - cfg.val_split  # the held-out tail is never trained on
+    if n_fit < 1:
+        raise UserError(f"--val-split {cfg.val_split} leaves no training images; use fewer")
+    train_x, train_y = (
+        data.train_x[:n_fit][: cfg.train_limit],
+        data.train_y[:n_fit][: cfg.train_limit],
+    )
+    val = (data.train_x[n_fit:], data.train_y[n_fit:]) if cfg.val_split else None
     batches = TrainBatches(train_x, train_y, cfg.batch_size, cfg.seed, rank, world)
 
     set_seed(cfg.seed)  # before building the model: the init depends on it
     net = build_model(cfg.step)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    # Stepped once per epoch, by us: Accelerate's prepared scheduler would step once per
-    # process per call, which suits per-batch schedules only.
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
+    optimizer = torch.optim.SGD(
+        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    # Stepped by us, not prepared by Accelerate: a prepared scheduler steps once per
+    # process per call. StepLR steps per epoch; OneCycle per batch, peaking at cfg.lr after
+    # 30% of the steps (PyTorch's defaults otherwise), with cfg.momentum held fixed.
+    per_batch = cfg.scheduler == "onecycle"
+    if per_batch:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, cfg.lr, total_steps=cfg.epochs * len(batches), cycle_momentum=False
+        )
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
     history: list[dict[str, Any]] = []
     if ckpt:
         net.load_state_dict(ckpt["model"])
@@ -159,14 +175,19 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
         for xb, yb in bar:
             train_step(model, optimizer, accelerator, xb, yb, cfg.channels_last, sums)
             seen += len(yb)
-        scheduler.step()
+            if per_batch:
+                scheduler.step()
+        if not per_batch:
+            scheduler.step()
         totals = accelerator.reduce(
             torch.cat([sums, torch.tensor([float(seen)], device=device)]),
             "sum",
         ).tolist()  # the epoch's one sync; the timing below includes the device's work
         seconds = time.perf_counter() - t0
         t_eval = time.perf_counter()
-        test_loss, test_acc, n_test = evaluate(model, data, cfg.eval_batch_size, accelerator)
+        test_loss, test_acc, n_test = evaluate(model, data.test_x, data.test_y, cfg, accelerator)
+        if val:  # the tuning signal: the test figures are only ever reported
+            val_loss, val_acc, _ = evaluate(model, *val, cfg, accelerator)
         eval_seconds = time.perf_counter() - t_eval  # not in `seconds`: training time only
         row = dict(
             epoch=epoch + 1,
@@ -178,12 +199,14 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
             seconds=seconds,
             images_per_s=totals[2] / seconds,
             eval_seconds=eval_seconds,
+            **(dict(val_loss=val_loss, val_acc=val_acc) if val else {}),
         )
         history.append(row)
         accelerator.print(
             f"epoch {row['epoch']:2d}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {test_acc:.2f}%  "
-            f"lr {lr:.4g}  {seconds:.1f}s  {row['images_per_s']:,.0f} img/s",
+            + (f"val acc {val_acc:.2f}%  " if val else "")
+            + f"lr {lr:.4g}  {seconds:.1f}s  {row['images_per_s']:,.0f} img/s",
             flush=True,  # live logs under SLURM and nohup, where stdout is a file
         )
         tracker.log(row)
@@ -207,9 +230,11 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         train_images=len(train_x),
+        val_images=cfg.val_split,
         test_images=n_test,
         history=history,
         final_test_acc=accs[-1],
+        final_val_acc=history[-1].get("val_acc"),
         best_test_acc=accs[best],  # reported for comparison only; never the headline
         best_epoch=best + 1,
         first_epoch_at_target=next((i + 1 for i, a in enumerate(accs) if a >= TARGET_ACC), None),
@@ -245,12 +270,12 @@ def train_step(model, optimizer, accelerator, xb, yb, channels_last: bool, sums)
 
 
 @torch.no_grad()
-def evaluate(model, data, batch_size: int, accelerator) -> tuple[float, float, int]:
-    """Test loss and accuracy (%) over all 10,000 images, each seen once across ranks."""
+def evaluate(model, x, y, cfg: TrainConfig, accelerator) -> tuple[float, float, int]:
+    """Loss and accuracy (%) over all of (x, y), each image seen once across ranks."""
     model.eval()
     sums = torch.zeros(3, device=accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
-    for xb, yb in eval_batches(data.test_x, data.test_y, batch_size, rank, world):
+    for xb, yb in eval_batches(x, y, cfg.eval_batch_size, rank, world):
         logp = model(xb).float()
         sums += torch.stack(
             [
@@ -300,9 +325,18 @@ def build_parser(prog: str = "mnist-dist train") -> argparse.ArgumentParser:
     add("--batch-size", type=int, help="per process")
     add("--lr", type=float)
     add("--momentum", type=float, default=0.9)
+    add("--scheduler", choices=SCHEDULERS, help="step: StepLR per epoch; onecycle: per batch")
     add("--lr-step", type=int, help="StepLR step size, epochs")
     add("--lr-gamma", type=float, help="StepLR factor")
+    add("--weight-decay", type=float, help="SGD weight decay")
     add("--train-limit", type=int, metavar="N", help="train on the first N images only")
+    add(
+        "--val-split",
+        type=int,
+        default=0,
+        metavar="N",
+        help="hold out the last N training images as a validation set (for tuning)",
+    )
     add("--mixed-precision", choices=MIXED_PRECISION, help="default: accelerate config, or no")
     add("--eval-batch-size", type=int, default=2000)
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True, help="NHWC")

@@ -118,11 +118,32 @@ def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
         (("--epochs", "0"), ("--epochs must be at least 1",)),
         (("--batch-size", "0"), ("--batch-size must be at least 1",)),
         (("--mixed-precision", "fp16", "--cpu"), ("fp16 needs a CUDA GPU",)),
+        (("--scheduler", "onecycle", "--lr-step", "2"), ("--lr-step/--lr-gamma", "onecycle")),
+        (("--scheduler", "warp"), ("--scheduler", "invalid choice", "onecycle")),
+        (("--weight-decay", "-1"), ("--weight-decay must be at least 0",)),
+        (("--val-split", "100000"), ("--val-split 100000 leaves no training images",)),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, args, fragments):
     proc = run_cli("train", *args, "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "r"))
     assert_one_line_error(proc, *fragments)
+
+
+def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train images
+    """OneCycle steps per batch (LR up, then down); the held-out tail is scored, not trained."""
+    out = tmp_path / "run"
+    args = ("--epochs", "3", "--scheduler", "onecycle", "--lr", "0.05", "--val-split", "128")
+    proc = run_cli("train", *args, "--data-dir", str(tiny_mnist), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = read(out / "result.json")
+    config = result["config"]
+    assert config["scheduler"] == "onecycle" and config["lr_step"] is None
+    assert result["train_images"] == 512 - 128 and result["val_images"] == 128
+    lrs = [h["lr"] for h in result["history"]]
+    assert lrs[0] < lrs[1] > lrs[2] and max(lrs) < 0.05  # per-batch warm-up, then anneal
+    assert all(0 <= h["val_acc"] <= 100 for h in result["history"])
+    assert result["final_val_acc"] == result["history"][-1]["val_acc"]
+    assert "val acc" in proc.stdout
 
 
 def test_missing_data_folder_names_the_files_and_the_flag(tmp_path):
