@@ -122,6 +122,7 @@ def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
         (("--scheduler", "warp"), ("--scheduler", "invalid choice", "onecycle")),
         (("--weight-decay", "-1"), ("--weight-decay must be at least 0",)),
         (("--val-split", "100000"), ("--val-split 100000 leaves no training images",)),
+        (("--step", "step5", "--scheduler", "step"), ("needs --lr-step and --lr-gamma",)),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, args, fragments):
@@ -144,6 +145,21 @@ def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train im
     assert all(0 <= h["val_acc"] <= 100 for h in result["history"])
     assert result["final_val_acc"] == result["history"][-1]["val_acc"]
     assert "val acc" in proc.stdout
+
+
+@pytest.mark.parametrize("step", ["step5", "step6"])
+def test_new_steps_train_with_their_registered_recipe(tiny_mnist, tmp_path, step):
+    """CPU smoke run of each step beyond the study, through the CLI, recipe untouched."""
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train", "--step", step, *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = read(out / "result.json")
+    config = result["config"]
+    assert config["scheduler"] == "onecycle" and config["batch_size"] == 64
+    assert result["params"] == {"step5": 7578, "step6": 3808}[step]
+    assert len(result["history"]) == 1 and (out / "checkpoint.pt").is_file()
 
 
 def test_missing_data_folder_names_the_files_and_the_flag(tmp_path):
