@@ -119,7 +119,7 @@ def step4() -> nn.Module:
 def step5() -> nn.Module:
     """Under 8k parameters, aimed at 99.5% mean; reached 99.30 +- 0.045 (n=10, CPU).
 
-    The width goes where the pixels are few; no 128-wide stem, so ~6x cheaper than step4.
+    The width goes where the pixels are few. No 128-wide stem: an epoch costs ~1/5 of step4's.
     """
     return nn.Sequential(
         *cbr(1, 8),  # 8x28x28
