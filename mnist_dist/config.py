@@ -79,9 +79,8 @@ class TrainConfig:
             raise UserError("--lr-step/--lr-gamma set StepLR; drop them with --scheduler onecycle")
         if cfg.scheduler == "step" and None in (cfg.lr_step, cfg.lr_gamma):
             raise UserError(f"--scheduler step needs --lr-step and --lr-gamma for {cfg.step}")
-        for name in ("epochs", "batch_size", "lr_step", "eval_batch_size"):
-            if name == "lr_step" and cfg.scheduler != "step":
-                continue
+        counts = ("epochs", "batch_size", "eval_batch_size")
+        for name in counts + (("lr_step",) if cfg.scheduler == "step" else ()):
             if getattr(cfg, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise UserError(f"{flag} must be at least 1, got {getattr(cfg, name)}")

@@ -109,10 +109,8 @@ def train(cfg: TrainConfig, rt: Runtime, data_factory: DataFactory = load_mnist)
     n_fit = len(data.train_x) - cfg.val_split  # the held-out tail is never trained on
     if n_fit < 1:
         raise UserError(f"--val-split {cfg.val_split} leaves no training images; use fewer")
-    train_x, train_y = (
-        data.train_x[:n_fit][: cfg.train_limit],
-        data.train_y[:n_fit][: cfg.train_limit],
-    )
+    end = n_fit if cfg.train_limit is None else min(n_fit, cfg.train_limit)
+    train_x, train_y = data.train_x[:end], data.train_y[:end]
     val = (data.train_x[n_fit:], data.train_y[n_fit:]) if cfg.val_split else None
     batches = TrainBatches(train_x, train_y, cfg.batch_size, cfg.seed, rank, world)
 

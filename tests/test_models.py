@@ -29,7 +29,7 @@ def test_new_steps_stay_within_their_budgets(name, count_and_budget):
     assert all(p.requires_grad for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["step5", "step6"])
+@pytest.mark.parametrize("name", list(NEW_PARAMS))
 def test_new_steps_pool_28_to_14_to_7(name):
     """Same-padded convs keep the size; two max-pools halve it before the GAP head."""
     sizes = []

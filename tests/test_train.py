@@ -10,6 +10,7 @@ import time
 import pytest
 
 from .conftest import REPO, assert_one_line_error, make_tiny_mnist, run_cli
+from .test_models import NEW_PARAMS
 
 SMOKE = ("--epochs", "1", "--train-limit", "256", "--eval-batch-size", "128")
 
@@ -147,7 +148,7 @@ def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train im
     assert "val acc" in proc.stdout
 
 
-@pytest.mark.parametrize("step", ["step5", "step6"])
+@pytest.mark.parametrize("step", list(NEW_PARAMS))
 def test_new_steps_train_with_their_registered_recipe(tiny_mnist, tmp_path, step):
     """CPU smoke run of each step beyond the study, through the CLI, recipe untouched."""
     out = tmp_path / "run"
@@ -158,7 +159,7 @@ def test_new_steps_train_with_their_registered_recipe(tiny_mnist, tmp_path, step
     result = read(out / "result.json")
     config = result["config"]
     assert config["scheduler"] == "onecycle" and config["batch_size"] == 64
-    assert result["params"] == {"step5": 7578, "step6": 3808}[step]
+    assert result["params"] == NEW_PARAMS[step][0]
     assert len(result["history"]) == 1 and (out / "checkpoint.pt").is_file()
 
 
