@@ -50,10 +50,18 @@ def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
 
 
 @pytest.mark.slow
-def test_one_epoch_on_5000_real_images_beats_90_percent(real_mnist, tmp_path):
+def test_training_learns_real_digits_with_a_wide_margin(real_mnist, tmp_path):
+    """Training learns, robust to CPU kind, thread count and torch build.
+
+    step5's registered recipe anneals (OneCycle) to near zero LR by its last batch, so the
+    final model is a settled one, not a snapshot of a high-LR trajectory: 2 epochs on
+    10,000 images scored 96.10-96.42 on an AMD EPYC over 1/2 threads and fp32/bf16 (torch
+    2.14.1). The old test (step4, 1 epoch of 5,000 images: 79 steps at the peak LR)
+    swung from 84.9 to 95 with the machine.
+    """
     out = tmp_path / "run"
-    proc = run_cli("train", "--epochs", "1", "--train-limit", "5000", "--out", str(out),
-                   "--data-dir", str(real_mnist))  # fmt: skip
+    proc = run_cli("train", "--step", "step5", "--epochs", "2", "--train-limit", "10000",
+                   "--out", str(out), "--data-dir", str(real_mnist))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     result = read(out / "result.json")
     assert result["test_images"] == 10000
