@@ -41,7 +41,8 @@ from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, Runtime, TrainConfig
 from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
 from .errors import ArgumentParser, UserError, cli_errors
 from .models import build_model
-from .train import compile_model, cpu_threads, train, train_step
+from .runinfo import cpu_threads
+from .train import compile_model, train, train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
 
@@ -265,7 +266,7 @@ def run_time_to_target(args) -> dict:
         compile=args.compile,
     )
     out = args.out or str(Path("runs/bench/time-to-target") / cfg.trial_id())
-    rt = Runtime(out=out, data_dir=args.data_dir, cpu=args.cpu, progress=False)
+    rt = Runtime(out=out, data_dir=args.data_dir, cpu=args.cpu, resume=True, progress=False)
     with contextlib.redirect_stdout(sys.stderr):  # train's epoch log; stdout stays JSON
         return time_to_target(train(cfg, rt))
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UserError
@@ -35,29 +34,50 @@ SCHEDULERS = ("step", "onecycle")
 TARGET_ACC = 99.4  # percent: the study's goal
 
 
+def _field(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with its ``--help`` text (``mnist-dist train`` builds its flags here)."""
+    return field(default=default, metadata=dict(help=help, **meta))
+
+
 @dataclass
 class TrainConfig:
     """What a run computes. ``None`` fields take the step's recipe in ``resolve``."""
 
-    step: str = "step4"
-    seed: int = 0
-    epochs: int | None = None
-    batch_size: int | None = None  # per process, as in DDP/Accelerate
-    lr: float | None = None
-    momentum: float = 0.9
-    scheduler: str | None = None  # "step": StepLR per epoch; "onecycle": OneCycleLR per batch
-    lr_step: int | None = None  # StepLR step_size, in epochs ("step" only)
-    lr_gamma: float | None = None  # StepLR factor ("step" only)
-    weight_decay: float | None = None  # SGD's L2 term, on every parameter
-    train_limit: int | None = None  # train on the first N training images only
-    val_split: int = 0  # hold out the last N training images as a validation set, for tuning
-    mixed_precision: str | None = None  # None: `accelerate launch`'s setting, else "no"
-    eval_batch_size: int = 2000
-    channels_last: bool = True  # NHWC: 36 vs 46 ms/step for step4 on this 2-core CPU
-    compile: bool = False
+    step: str = _field("step4", "registered model (see `mnist-dist models`)")
+    seed: int = _field(0, "seeds the model's init, the batch order and the augmentation")
+    epochs: int | None = _field(None, "training epochs")
+    batch_size: int | None = _field(None, "images per optimizer step, per process (as in DDP)")
+    lr: float | None = _field(None, "learning rate (OneCycle: its peak)")
+    momentum: float = _field(0.9, "SGD momentum")
+    scheduler: str | None = _field(
+        None, "step: StepLR per epoch; onecycle: OneCycleLR per batch", choices=SCHEDULERS
+    )
+    lr_step: int | None = _field(None, "StepLR step size, in epochs (scheduler step only)")
+    lr_gamma: float | None = _field(None, "StepLR factor (scheduler step only)")
+    weight_decay: float | None = _field(None, "SGD's L2 term, on every parameter")
+    train_limit: int | None = _field(
+        None, "train on the first N training images only", metavar="N", unset="all"
+    )
+    val_split: int = _field(
+        0, "hold out the last N training images as a validation set, for tuning", metavar="N"
+    )
+    mixed_precision: str = _field(
+        "no",
+        "autocast dtype, fp16 on GPU only; `accelerate launch` may set it",
+        choices=MIXED_PRECISION,
+    )
+    eval_batch_size: int = _field(2000, "evaluation batch; speed only, not in the trial id")
+    channels_last: bool = _field(True, "NHWC memory format: 36 vs 46 ms/step for step4 on 2 cores")
+    compile: bool = _field(False, "torch.compile the model")
+    # Processes training together. batch_size is per process, so it changes the numbers;
+    # set from the launcher (WORLD_SIZE) or the sweep's [resources], never a flag.
+    world_size: int = _field(1, "processes training together", cli=False)
 
     def resolve(self) -> TrainConfig:
-        """Fill recipe defaults and validate; returns a new, complete config."""
+        """Fill recipe defaults and validate; returns a new, complete config.
+
+        Pure: reads no environment, so one config gives one trial id in any shell.
+        """
         if self.step not in MODELS:
             raise UserError(
                 f"unknown step {self.step!r}; choose one of: {', '.join(MODELS)} "
@@ -69,8 +89,6 @@ class TrainConfig:
         cfg = dataclasses.replace(
             self, **{k: v for k, v in recipe.items() if getattr(self, k) is None}
         )
-        if cfg.mixed_precision is None:  # honour `accelerate launch --mixed_precision`/config
-            cfg.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
         if cfg.scheduler not in SCHEDULERS:
             raise UserError(
                 f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {cfg.scheduler!r}"
@@ -79,7 +97,7 @@ class TrainConfig:
             raise UserError("--lr-step/--lr-gamma set StepLR; drop them with --scheduler onecycle")
         if cfg.scheduler == "step" and None in (cfg.lr_step, cfg.lr_gamma):
             raise UserError(f"--scheduler step needs --lr-step and --lr-gamma for {cfg.step}")
-        counts = ("epochs", "batch_size", "eval_batch_size")
+        counts = ("epochs", "batch_size", "eval_batch_size", "world_size")
         for name in counts + (("lr_step",) if cfg.scheduler == "step" else ()):
             if getattr(cfg, name) < 1:
                 flag = "--" + name.replace("_", "-")
@@ -104,7 +122,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Strict: an unknown key is an error that names it and the valid keys."""
+        """Strict: an unknown key is an error naming it. A missing key (a config.json written
+        before the field existed) takes the field's default, as the trial id does."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -113,10 +132,52 @@ class TrainConfig:
             )
         return cls(**data)
 
+    def identity(self) -> dict[str, Any]:
+        """What changes the numbers: the resolved fields, by Dora's rule for new fields.
+
+        The first ids hashed all of V1_FIELDS. To keep every one of them, those stay in,
+        with the speed-only ones pinned to their defaults (so no value of them moves an
+        id); a field added since enters only when it differs from its base value.
+        """
+        cfg = self.resolve()
+        out = {}
+        for f in dataclasses.fields(cfg):
+            value, base = getattr(cfg, f.name), BASE_RECIPE.get(f.name, f.default)
+            if f.name in SPEED_ONLY:
+                value = f.default
+            elif f.name not in V1_FIELDS and value == base:
+                continue
+            out[f.name] = value
+        return out
+
     def trial_id(self) -> str:
-        """Stable identity of the resolved config: equal configs share one folder."""
-        blob = json.dumps(self.resolve().to_dict(), sort_keys=True, separators=(",", ":"))
-        return f"{self.step}-s{self.seed}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+        """``<step>-s<seed>-<hash>``: equal identities share one folder (pinned by a test)."""
+        return f"{self.step}-s{self.seed}-{digest(self.identity())}"
+
+    def config_hash(self) -> str:
+        """The identity less the seed: runs with one config_hash are seeds of one config."""
+        return digest({k: v for k, v in self.identity().items() if k != "seed"})
+
+    def label(self) -> str:
+        """``step4``, or ``step4 (lr=0.05)``: the step and what differs from its recipe."""
+        mine, recipe = self.identity(), TrainConfig(step=self.step, seed=self.seed).identity()
+        diff = [f"{k}={mine.get(k)}" for k in mine | recipe if mine.get(k) != recipe.get(k)]
+        return f"{self.step} ({', '.join(diff)})" if diff else self.step
+
+
+def digest(data: dict[str, Any]) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+# The fields of the first trial ids (to 3f95ce0): always in the hash. Fields added since
+# enter only when they differ from their base value, so old ids and folders stay valid.
+V1_FIELDS = (
+    "step", "seed", "epochs", "batch_size", "lr", "momentum", "scheduler", "lr_step",
+    "lr_gamma", "weight_decay", "train_limit", "val_split", "mixed_precision",
+    "eval_batch_size", "channels_last", "compile",
+)  # fmt: skip
+SPEED_ONLY = ("eval_batch_size",)  # same numbers at any value: never moves an id
 
 
 @dataclass
@@ -128,6 +189,7 @@ class Runtime:
     download: bool = True  # fetch MNIST when the files are missing
     resume: bool = False
     cpu: bool = False
+    threads: int | None = None  # torch threads; None: what SLURM or the launcher grants
     wandb: str = "off"  # off | offline | online
     wandb_project: str = "mnist-dist"
     wandb_group: str | None = None

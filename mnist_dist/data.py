@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,9 +104,6 @@ def load_mnist(data_dir: str | Path | None = None, download: bool = True) -> MNI
     if len(train.data) != len(train.targets) or len(test.data) != len(test.targets):
         raise UserError(f"MNIST images and labels in {raw} differ in count; re-download them")
     return MNISTData(train.data, train.targets, test.data, test.targets)
-
-
-DataFactory = Callable[[str | None, bool], MNISTData]  # (data_dir, download)
 
 
 def normalize(x_uint8: torch.Tensor) -> torch.Tensor:

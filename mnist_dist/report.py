@@ -19,87 +19,38 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from .config import TARGET_ACC, TrainConfig
 from .errors import ArgumentParser, UserError, cli_errors
-from .stats import BEST_LABEL, fmt_ci, fmt_mean_std, group_stats
-
-REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float), "config": dict}
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """One result.json; ValueError with a short reason when it is unreadable or incomplete."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    for key, kind in REQUIRED.items():
-        if not isinstance(data.get(key), kind):
-            raise ValueError(f"missing or bad {key!r}")
-    if not isinstance(data.get("history"), list):
-        raise ValueError("missing or bad 'history'")
-    data.setdefault("epochs", len(data["history"]))
-    return data
-
-
-def last_line(path: Path) -> str:
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "error.txt is empty"
-
-
-def trial_folders(root: Path) -> tuple[str, list[Path]]:
-    """The sweep's name and its trial folders: from sweep.json, else every run folder."""
-    if not root.exists():
-        raise UserError(f"{root}: no such folder; give a sweep folder (mnist-dist sweep --out)")
-    if not root.is_dir():
-        raise UserError(f"{root} is not a folder; give a sweep folder holding <trial>/result.json")
-    sweep = root / "sweep.json"
-    if sweep.is_file():
-        try:
-            data = json.loads(sweep.read_text())
-            ids = [str(t["trial_id"]) for t in data["trials"]]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{sweep} is unreadable ({type(e).__name__}: {e})") from e
-        return str(data.get("name") or root.name), [root / i for i in ids]
-    # Any folder of runs: a trial is a folder holding what the trainer or the sweep writes.
-    found = {
-        p.parent
-        for name in ("result.json", "error.txt", "config.json")
-        for p in root.glob(f"*/{name}")
-    }
-    folders = sorted(found)
-    if (root / "result.json").is_file():  # a single run folder
-        folders.insert(0, root)
-    if not folders:
-        raise UserError(f"{root} holds no runs: no sweep.json and no <trial>/result.json")
-    return root.name, folders
+from .fsio import write_text
+from .stats import BEST_LABEL, config_groups, fmt_ci, fmt_mean_std, one_group
+from .sweepdir import RESULT, dir_record, read_result, trial_states
 
 
 def load_dir(root: Path) -> tuple[str, list[dict], list[dict], list[dict]]:
-    """(name, results, missing, corrupt): missing holds missing, failed and corrupt trials."""
-    name, folders = trial_folders(root)
+    """(name, results, missing, corrupt) of a sweep folder or any folder of runs.
+
+    Trial states come from ``sweepdir.trial_states``, as in ``mnist-dist status``;
+    ``missing`` holds every trial that is not done, with its state and reason.
+    """
+    record = dir_record(root)
     results, missing, corrupt = [], [], []
-    for folder in folders:
-        entry = dict(trial_id=folder.name, path=str(folder))
-        result, error = folder / "result.json", folder / "error.txt"
-        if result.is_file():
+    for row in trial_states(root, record):
+        entry = dict(trial_id=row["trial_id"], path=row["path"])
+        if row["state"] == "done":
+            path = Path(row["path"]) / RESULT
             try:
-                results.append(read_result(result))
+                result = read_result(path)
+                results.append(dict(result, _source=str(path.parent), _time=path.stat().st_mtime))
                 continue
-            except ValueError as e:
-                entry.update(status="corrupt", path=str(result), reason=str(e))
-                corrupt.append(entry)
-        elif error.is_file():
-            entry.update(status="failed", path=str(error), reason=last_line(error))
-        else:
-            entry.update(status="missing", reason="no result.json")
-        missing.append(entry)
-    return name, results, missing, corrupt
+            except (ValueError, OSError) as e:  # replaced or torn since trial_states read it
+                row.update(state="corrupt", error=f"corrupted result.json: {e}")
+        reason = row["error"] or row["state"]
+        entry.update(status=row["state"], reason=reason.removeprefix("corrupted result.json: "))
+        (corrupt if row["state"] == "corrupt" else missing).append(entry)
+    return str(record.get("name") or root.name), results, missing + corrupt, corrupt
 
 
 def table_rows(groups: list[dict[str, Any]], by: str) -> list[list[str]]:
@@ -109,7 +60,7 @@ def table_rows(groups: list[dict[str, Any]], by: str) -> list[list[str]]:
         first = g["mean_first_epoch_at_target"]
         rows.append(
             [
-                str(g[by]),
+                g["label"],
                 str(g["step"]) if by != "step" else "",
                 str(g["n"]),
                 f"{g['params']:,}" if isinstance(g["params"], int) else str(g["params"]),
@@ -141,7 +92,7 @@ def render_table(name: str, groups: list[dict], missing: list[dict], by: str) ->
     out = [f"{name}: final-epoch test accuracy (%) over seeds, by {by}", line(header)]
     out += [line(r) for r in rows]
     out.append(f"best-epoch test accuracy ({BEST_LABEL}):")
-    out += [f"  {g[by]}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
     out += missing_lines(missing)
@@ -172,22 +123,19 @@ def render_markdown(name: str, groups: list[dict], missing: list[dict], by: str)
     for g in groups:
         first = g["mean_first_epoch_at_target"]
         params = f"{g['params']:,}" if isinstance(g["params"], int) else str(g["params"])
-        cells = [str(g[by])] if lead else []
-        cells += [str(g["step"]), params, fmt_mean_std(g["train_acc"]), fmt_mean_std(g)]
+        cells = [g["label"]] if lead else []
+        cells += [
+            g["label"] if not lead else str(g["step"]),
+            params,
+            fmt_mean_std(g["train_acc"]),
+            fmt_mean_std(g),
+        ]
         cells += [fmt_ci(g), f"{g['n_at_target']}/{g['n']}", f"{first:.1f}" if first else "—"]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
-    out += [f"- {g[by]}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     out += [""] + [ln.replace("  ", "- ", 1) for ln in missing_lines(missing)]
     return "\n".join(out) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def emit(text: str) -> None:
@@ -235,7 +183,10 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     if not results:
         where = args.dir or f"{args.wandb} group {args.group}"
         raise UserError(f"{where}: no finished trials ({len(missing)} missing or failed)")
-    groups = group_stats(results, args.by)
+    found, warnings = config_groups(results, args.by)
+    for line in warnings:
+        print(f"mnist-dist: warning: {line}", file=sys.stderr)
+    groups = [one_group(args.by, g) for g in found]
     if args.json:
         emit(json.dumps(dict(name=name, by=args.by, groups=groups, missing=missing), indent=2))
     else:
@@ -244,11 +195,11 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     plots: list[Path] = []
     try:
         if args.markdown:
-            write_text_atomic(Path(args.markdown), markdown)
+            write_text(Path(args.markdown), markdown)
         if args.plots:
             from .plots import write_plots
 
-            plots = write_plots(results, args.by, Path(args.plots))
+            plots = write_plots(found, Path(args.plots))
     except OSError as e:  # unwritable or full: name the path, no traceback
         raise UserError(f"could not write {e.filename or 'output'}: {e.strerror or e}") from e
     if args.log_to_wandb:
@@ -256,7 +207,7 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
 
         project = args.wandb or args.wandb_project
         rows = [HEADER, *table_rows(groups, args.by)]
-        log_report(project, args.group or name, groups, rows, markdown, plots, results, args)
+        log_report(project, args.group or name, groups, rows, markdown, plots, found, args)
     if corrupt:
         bad = ", ".join(f"{c['path']} ({c['reason']})" for c in corrupt)
         raise UserError(f"skipped {len(corrupt)} corrupted result.json: {bad}; reported the rest")

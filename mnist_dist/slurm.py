@@ -1,10 +1,10 @@
-"""The thin submitit layer: one checkpointable ``Trial`` callable, executors, job states.
+"""The thin submitit layer: one checkpointable ``Trial`` callable and its executors.
 
 ``Trial`` runs the same trainer as ``mnist-dist train`` inside a SLURM (or local) job. On
 SLURM's signal (preemption, or ``signal_delay_s`` before the time limit) submitit calls
 ``Trial.checkpoint``, which hands back the same trial: the requeued job resumes from the
 trainer's last ``checkpoint.pt``, i.e. the last completed epoch. Job states come from
-``squeue`` (no accounting database needed); the trial folders are the record of results.
+``squeue`` (no accounting database needed; see ``sweepdir.trial_states``).
 """
 
 from __future__ import annotations
@@ -13,30 +13,16 @@ import os
 import shutil
 import subprocess
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, write_text_atomic
+from .errors import UserError
+from .fsio import write_text
+from .sweepdir import ERROR, SLURM_TIMEOUT_S
 from .sweepfile import Resources
 
 CLUSTERS = ("slurm", "local", "debug")
-ERROR_FILE = "error.txt"
-SLURM_TIMEOUT_S = 20  # a healthy slurmctld answers in well under a second
-LIVE_STATES = {  # squeue state -> our state
-    "PENDING": "pending",
-    "CONFIGURING": "pending",
-    "REQUEUED": "pending",
-    "REQUEUE_HOLD": "pending",
-    "REQUEUE_FED": "pending",
-    "RESV_DEL_HOLD": "pending",
-    "SUSPENDED": "pending",
-    "RUNNING": "running",
-    "COMPLETING": "running",
-    "STAGE_OUT": "running",
-    "SIGNALING": "running",
-    "RESIZING": "running",
-}
 
 
 @dataclass
@@ -49,48 +35,47 @@ class Trial:
     trial_id: str
     config: dict[str, Any]  # the resolved TrainConfig
     out: str  # DIR/<trial_id>
-    sweep: str  # W&B group
+    wandb_group: str  # <sweep>/<config label>: W&B averages seeds of one config only
     data_dir: str | None = None
     wandb: str = "off"
     wandb_project: str = "mnist-dist"
     cpu: bool = True
-    cpus_per_task: int = 1
-    attempt: int = 0  # 0 for the first run, +1 per requeue
+    cpus_per_task: int = 1  # threads per process: what SLURM granted, whatever the shell said
 
     def __call__(self) -> dict[str, Any]:
         from .config import Runtime, TrainConfig
         from .train import train
 
         rank = self._export_distributed_env()
-        # Local jobs get no SLURM_CPUS_PER_TASK; keep them to their share of the CPU.
-        os.environ.setdefault("OMP_NUM_THREADS", str(self.cpus_per_task))
+        # A stray OMP_NUM_THREADS from the submitting shell must not override the grant.
+        os.environ["OMP_NUM_THREADS"] = str(self.cpus_per_task)
         out = Path(self.out)
-        out.mkdir(parents=True, exist_ok=True)
         rt = Runtime(
             out=self.out,
             data_dir=self.data_dir,
             resume=True,
             cpu=self.cpu,
+            threads=self.cpus_per_task,
             wandb=self.wandb,
             wandb_project=self.wandb_project,
-            wandb_group=self.sweep,
+            wandb_group=self.wandb_group,
             progress=False,
         )
         try:
-            result = train(TrainConfig(**self.config), rt)
+            result = train(TrainConfig.from_dict(self.config), rt)
         except Exception:  # not BaseException: submitit's requeue exits with SystemExit
             if rank == 0:
-                write_text_atomic(out / ERROR_FILE, traceback.format_exc())
+                write_text(out / ERROR, traceback.format_exc())
             raise
         if rank == 0:
-            (out / ERROR_FILE).unlink(missing_ok=True)  # a stale failure from an earlier run
+            (out / ERROR).unlink(missing_ok=True)  # a stale failure from an earlier run
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """Called by submitit on SIGUSR2: requeue the same trial; train() resumes it."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(replace(self, attempt=self.attempt + 1))
+        return submitit.helpers.DelayedSubmission(self)
 
     @staticmethod
     def _export_distributed_env() -> int:
@@ -109,12 +94,17 @@ class Trial:
         return env.global_rank
 
 
-def check_cluster(cluster: str, res: Resources) -> None:
+def check_cluster(cluster: str, res: Resources, configs: list) -> None:
     """Fail fast, before anything is written or submitted."""
     if cluster not in CLUSTERS:
         raise UserError(f"unknown cluster {cluster!r}; choose one of: {', '.join(CLUSTERS)}")
     if cluster == "debug" and res.nodes * res.tasks > 1:
         raise UserError("--cluster debug runs one process in this one; use local or slurm")
+    if cluster == "debug" and len({c.mixed_precision for c in configs}) > 1:
+        raise UserError(
+            "--cluster debug runs every trial in this one process, and Accelerate fixes mixed "
+            "precision once per process: use --cluster local for a grid over mixed_precision"
+        )
     if cluster == "local" and res.nodes > 1:
         raise UserError(f"--cluster local has one node, the sweep asks for {res.nodes}")
     if cluster != "slurm":
@@ -135,11 +125,19 @@ def check_cluster(cluster: str, res: Resources) -> None:
         )
 
 
-def make_executor(cluster: str, folder: Path, name: str, res: Resources):
-    """The one place that maps [resources] onto submitit's parameters."""
+def make_executor(cluster: str, folder: Path, name: str, res: Resources, token: str = ""):
+    """The one place that maps [resources] onto submitit's parameters.
+
+    ``token`` goes into the job's SLURM comment, so that a job number reused by a restarted
+    cluster is never mistaken for ours (see sweepdir.slurm_state).
+    """
     import submitit
 
-    executor = submitit.AutoExecutor(folder=folder / "logs" / "%j", cluster=cluster)
+    executor = submitit.AutoExecutor(
+        folder=folder / "logs" / "%j",
+        cluster=cluster,
+        slurm_max_num_timeout=res.max_num_timeout,  # dinov2's 30; submitit's default is 3
+    )
     params: dict[str, Any] = dict(
         name=name,
         timeout_min=res.time_min,
@@ -155,6 +153,8 @@ def make_executor(cluster: str, folder: Path, name: str, res: Resources):
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(res, key) is not None:
             params[f"slurm_{key}"] = getattr(res, key)
+    if token:
+        params["slurm_comment"] = token
     if res.sbatch_extra:
         params["slurm_additional_parameters"] = dict(res.sbatch_extra)
     if res.setup:
@@ -174,38 +174,3 @@ def submit_array(executor, trials: list[Trial]) -> list[Any]:
         last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise UserError(f"sbatch refused the sweep: {last}") from None
     return jobs
-
-
-def squeue_states(job_ids: list[str]) -> dict[str, str] | None:
-    """SLURM state per job id ("123_4" for array tasks); None when squeue cannot answer.
-
-    squeue knows finished jobs for MinJobAge seconds (300 by default) after they end.
-    """
-    arrays = sorted({j.split("_")[0] for j in job_ids})
-    if not arrays or shutil.which("squeue") is None:
-        return None
-    try:
-        proc = subprocess.run(
-            ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(arrays)],
-            capture_output=True,
-            text=True,
-            timeout=SLURM_TIMEOUT_S,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-        return None
-    states = {}
-    for line in proc.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        states[job_id] = state
-    return states
-
-
-def error_line(trial_dir: Path) -> str | None:
-    """The last line of a failed trial's traceback, i.e. the exception."""
-    path = trial_dir / ERROR_FILE
-    if not path.is_file():
-        return None
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "failed (empty error.txt)"

@@ -9,14 +9,18 @@ Used by ``mnist-dist report`` (see ``mnist_dist.report``); no command of its own
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from .config import TARGET_ACC
+from .config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest
+from .errors import UserError
+from .sweepdir import result_config
 
 CI_LEVEL = 0.95
 NO_CI = "n=1: one seed gives no variance, std, sem or CI"
@@ -69,27 +73,110 @@ def one_or_list(values: Iterable[Any]) -> Any:
     return distinct[0] if len(distinct) == 1 else distinct
 
 
+def identity_of(result: dict[str, Any]) -> dict[str, Any]:
+    """The run's identity (what its trial id hashes). Keys an older config lacks count as
+    their defaults; a config this version cannot resolve (an unknown step) is taken as is."""
+    try:
+        return result_config(result).identity()
+    except UserError:
+        raw = {k: v for k, v in result["config"].items() if k not in SPEED_ONLY}
+        return {"world_size": result.get("world_size") or 1, **raw}
+
+
+@dataclass
+class Group:
+    """The seeds of one config: what the report gives one row."""
+
+    label: str  # the --by value, plus the keys that set it apart from its --by siblings
+    value: Any  # the --by value
+    identity: dict[str, Any]  # less the seed
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def config_groups(results: list[dict[str, Any]], by: str) -> tuple[list[Group], list[str]]:
+    """Group runs by config (their identity less the seed), never by label alone.
+
+    Returns the groups, ordered by ``--by`` value then label, and one warning line per
+    ``--by`` value that holds several configs and per seed counted once of two runs.
+    """
+    groups: dict[str, Group] = {}
+    for r in results:
+        ident = {k: v for k, v in identity_of(r).items() if k != "seed"}
+        key = json.dumps(ident, sort_keys=True)
+        value = ident.get(by, r["config"].get(by))
+        groups.setdefault(key, Group(str(value), value, ident)).runs.append(r)
+    warnings = [w for g in groups.values() for w in dedupe_seeds(g)]
+    siblings: dict[str, list[Group]] = {}
+    for g in groups.values():
+        siblings.setdefault(json.dumps(g.value), []).append(g)
+    for same in siblings.values():
+        if len(same) < 2:
+            continue
+        keys = sorted({k for g in same for k in g.identity if not _all_equal(same, k)})
+        for g in same:
+            g.label = f"{g.value} ({', '.join(_differences(g.identity, keys))})"
+        warnings.append(
+            f"{by}={same[0].value} holds {len(same)} configs (they differ in "
+            f"{', '.join(keys)}): reported as separate rows, never pooled"
+        )
+    ordered = sorted(groups.values(), key=lambda g: (group_key(g.value), g.label))
+    return ordered, warnings
+
+
+def _all_equal(groups: list[Group], key: str) -> bool:
+    return len({json.dumps(g.identity.get(key)) for g in groups}) == 1
+
+
+def _differences(identity: dict[str, Any], keys: list[str]) -> list[str]:
+    """``lr=0.05``-style parts; where the step differs, its name alone stands for its
+    recipe, and a key is named only where it departs from that recipe."""
+    recipe: dict[str, Any] = {}
+    if "step" in keys:
+        try:
+            recipe = TrainConfig(step=identity["step"]).identity()
+        except UserError:  # a step this version does not know: name every key
+            pass
+    parts = [str(identity["step"])] if "step" in keys else []
+    for k in keys:
+        if k != "step" and (k not in recipe or identity.get(k) != recipe[k]):
+            parts.append(f"{k}={identity.get(k)}")
+    return parts
+
+
+def dedupe_seeds(group: Group) -> list[str]:
+    """One run per seed: the newest (``_time``, a result.json's mtime) stays; a warning
+    names both."""
+    newest: dict[Any, dict[str, Any]] = {}
+    warnings = []
+    for r in sorted(group.runs, key=lambda r: r.get("_time", 0.0)):
+        seed = r.get("seed", r["config"].get("seed"))
+        if seed in newest:
+            old = newest[seed]
+            warnings.append(
+                f"seed {seed} of {group.label} appears twice ({old.get('_source')}, "
+                f"{r.get('_source')}): counted once, the newest ({r.get('_source')})"
+            )
+        newest[seed] = r
+    group.runs = list(newest.values())
+    return warnings
+
+
 def group_stats(results: list[dict[str, Any]], by: str = "step") -> list[dict[str, Any]]:
-    """One dict per value of config key ``by``, sorted; see ``summarize`` for the fields.
+    """One dict per config group, ordered by ``by``; see ``summarize`` for the fields.
 
     Each result is a ``result.json`` dict (``config``, ``final_test_acc``, ``history``...).
     """
-    groups: dict[Any, list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault(r["config"].get(by), []).append(r)
-    rows = []
-    for value in sorted(groups, key=group_key):
-        rows.append(one_group(by, value, groups[value]))
-    return rows
+    return [one_group(by, g) for g in config_groups(results, by)[0]]
 
 
-def one_group(by: str, value: Any, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    runs = sorted(runs, key=lambda r: (r.get("seed", 0), r.get("trial_id", "")))
+def one_group(by: str, group: Group) -> dict[str, Any]:
+    runs = sorted(group.runs, key=lambda r: (r.get("seed", 0), r.get("trial_id", "")))
     final = [float(r["final_test_acc"]) for r in runs]
     first = [r["first_epoch_at_target"] for r in runs if r.get("first_epoch_at_target")]
     train = [float(r["history"][-1]["train_acc"]) for r in runs if r.get("history")]
     best = [float(r["best_test_acc"]) for r in runs if r.get("best_test_acc") is not None]
-    row: dict[str, Any] = {"by": by, by: value} if by != "step" else {"by": by}
+    row: dict[str, Any] = {"by": by, by: group.value} if by != "step" else {"by": by}
+    row.update(label=group.label, config_hash=digest(group.identity))
     row.update(
         step=one_or_list(r["step"] for r in runs), params=one_or_list(r["params"] for r in runs)
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import secrets
 import sys
 import time
 from collections import Counter
@@ -23,85 +23,24 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ArgumentParser, UserError, cli_errors, write_json_atomic
-from .slurm import (
-    CLUSTERS,
-    LIVE_STATES,
-    Trial,
-    check_cluster,
-    error_line,
-    make_executor,
-    squeue_states,
-    submit_array,
+from .errors import ArgumentParser, UserError, cli_errors
+from .slurm import CLUSTERS, Trial, check_cluster, make_executor, submit_array
+from .sweepdir import (
+    RECORD,
+    STATES,
+    load_record,
+    record_lock,
+    trial_folders,
+    trial_states,
+    write_record,
 )
 from .sweepfile import MAX_TRIALS, SweepSpec, load_sweep
 
-STATES = ("done", "running", "pending", "failed", "missing", "unknown")
-RECORD = "sweep.json"
+UNANSWERED_S = 300  # --wait gives up after squeue has not answered for this long (seconds)
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def load_record(out: Path) -> dict[str, Any] | None:
-    path = out / RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (ValueError, OSError):
-        return False
-
-
-def trial_states(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per trial: state, latest job, final accuracy or the error's last line.
-
-    The trial folder decides done (result.json) and failed (error.txt); the scheduler
-    decides pending and running. A job that ended without either counts as failed.
-    """
-    latest: dict[str, dict[str, Any]] = {}
-    for job in record.get("jobs", []):
-        for tid in job["trial_ids"]:
-            latest[tid] = job
-    todo = [
-        t["trial_id"]
-        for t in record["trials"]
-        if not (out / t["trial_id"] / "result.json").is_file()
-    ]
-    slurm_ids = [latest[t]["job_id"] for t in todo if latest.get(t, {}).get("cluster") == "slurm"]
-    live = squeue_states(slurm_ids) if slurm_ids else {}
-    rows = []
-    for t in record["trials"]:
-        tid, d = t["trial_id"], out / t["trial_id"]
-        job = latest.get(tid)
-        row: dict[str, Any] = dict(trial_id=tid, step=t["config"]["step"], seed=t["config"]["seed"])
-        row.update(job_id=job["job_id"] if job else None, final_test_acc=None, error=None)
-        sq = live.get(job["job_id"]) if job and live is not None else None
-        if (d / "result.json").is_file():
-            row["state"] = "done"
-            row["final_test_acc"] = json.loads((d / "result.json").read_text())["final_test_acc"]
-        elif sq in LIVE_STATES:
-            row["state"] = LIVE_STATES[sq]
-        elif job and job["cluster"] == "local" and _alive(job["job_id"]):
-            row["state"] = "running"
-        elif error_line(d):
-            row.update(state="failed", error=error_line(d))
-        elif job and job["cluster"] == "slurm" and live is None:
-            row.update(state="unknown", error="squeue did not answer")
-        elif job:
-            how = f"ended {sq}" if sq else "ended"
-            row.update(
-                state="failed",
-                error=f"job {job['job_id']} {how} without result.json (see {out / 'logs'})",
-            )
-        else:
-            row["state"] = "missing"
-        rows.append(row)
-    return rows
 
 
 def counts_line(rows: list[dict[str, Any]]) -> str:
@@ -154,60 +93,34 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         )
     configs = spec.expand()
     out = Path(args.out or Path("runs") / "sweeps" / spec.name)
-    record = load_record(out)
-    if record and record["name"] != spec.name:
-        raise UserError(
-            f"{out} holds sweep {record['name']!r}, not {spec.name!r}; use another --out"
-        )
+    old = load_record(out)
+    if old and old["name"] != spec.name:
+        raise UserError(f"{out} holds sweep {old['name']!r}, not {spec.name!r}; use another --out")
     if not args.dry_run:
-        check_cluster(args.cluster, spec.resources)
+        check_cluster(args.cluster, spec.resources, configs)
     trials = [dict(trial_id=c.trial_id(), config=c.to_dict()) for c in configs]
-    record = dict(
-        name=spec.name,
-        file=spec.file,
-        description=spec.description,
-        cluster=args.cluster,
-        updated=now(),
-        resources=vars(spec.resources),
-        trials=trials,
-        jobs=(record or {}).get("jobs", []),
-    )
-    rows = {r["trial_id"]: r for r in trial_states(out, record)}
-    skip = {"done": "skip (done)", "pending": "skip (queued)", "running": "skip (running)"}
-    actions = {t: skip.get(r["state"], "submit") for t, r in rows.items()}
-    print(f"sweep {spec.name}: {len(trials)} trials -> {out}  (cluster {args.cluster})")
-    print_plan(spec, trials, actions)
-    todo = [t for t in trials if actions[t["trial_id"]] == "submit"]
     if args.dry_run:
+        record = dict(name=spec.name, trials=trials, jobs=(old or {}).get("jobs", []))
+        todo = plan(spec, out, record, args.cluster)
         print(f"dry run: would submit {len(todo)} of {len(trials)} trials; nothing submitted")
         return
-    write_json_atomic(out / RECORD, record)
-    if not todo:
-        print("nothing to submit: every trial is done or queued")
-    else:
-        res = spec.resources
-        jobs = [
-            Trial(
-                trial_id=t["trial_id"],
-                config=t["config"],
-                out=str((out / t["trial_id"]).resolve()),
-                sweep=spec.name,
-                data_dir=args.data_dir,
-                wandb=spec.wandb.mode,
-                wandb_project=spec.wandb.project,
-                cpu=res.gpus_per_node == 0,
-                cpus_per_task=res.cpus_per_task,
-            )
-            for t in todo
-        ]
-        executor = make_executor(args.cluster, out.resolve(), spec.name, res)
-        if args.cluster == "slurm":
-            for job, trial in zip(submit_array(executor, jobs), jobs, strict=True):
-                add_job(out, record, job.job_id, trial, "slurm")
-            array_id = record["jobs"][-1]["job_id"].split("_")[0]
-            print(f"submitted {len(jobs)} trials as job array {array_id}")
-        else:  # local and debug run here, so they always wait
-            run_here(out, record, executor, jobs, args.cluster, res.array_parallelism, args.poll)
+    with record_lock(out):  # two reruns of one folder never submit the same trial twice
+        record = dict(
+            name=spec.name,
+            file=spec.file,
+            description=spec.description,
+            cluster=args.cluster,
+            updated=now(),
+            resources=vars(spec.resources),
+            trials=trials,
+            jobs=(load_record(out) or {}).get("jobs", []),
+        )
+        todo = plan(spec, out, record, args.cluster)
+        write_record(out, record)
+        if todo:
+            submit(spec, out, record, todo, configs, args)
+        else:
+            print("nothing to submit: every trial is done or queued")
     if args.wait and args.cluster == "slurm":
         wait(out, record, args.poll)
     if args.wait or args.cluster != "slurm":
@@ -220,12 +133,69 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
             sys.exit(1)
 
 
-def add_job(out: Path, record: dict[str, Any], job_id: str, trial: Trial, cluster: str) -> None:
+def plan(spec: SweepSpec, out: Path, record: dict[str, Any], cluster: str) -> list[dict]:
+    """Print the trial table and return the trials to submit: all but done and queued.
+
+    A trial whose SLURM state is unknown (squeue did not answer) may still be queued:
+    submitting it again could run it twice, so that stops the command instead.
+    """
+    rows = {r["trial_id"]: r for r in trial_states(out, record)}
+    skip = {"done": "skip (done)", "pending": "skip (queued)", "running": "skip (running)"}
+    actions = {t: skip.get(r["state"], "submit") for t, r in rows.items()}
+    unknown = [t for t, r in rows.items() if r["state"] == "unknown"]
+    if unknown:
+        raise UserError(
+            f"squeue did not answer, so {len(unknown)} submitted trial(s) may still be queued; "
+            "nothing submitted: rerun when slurmctld answers (`mnist-dist status` shows it)"
+        )
+    trials = record["trials"]
+    print(f"sweep {spec.name}: {len(trials)} trials -> {out}  (cluster {cluster})")
+    print_plan(spec, trials, actions)
+    return [t for t in trials if actions[t["trial_id"]] == "submit"]
+
+
+def submit(spec, out: Path, record, todo, configs, args) -> None:
+    """Submit the todo trials: one SLURM job array, or processes here (local, debug)."""
+    res = spec.resources
+    by_id = {c.trial_id(): c for c in configs}
+    folders = trial_folders(out, record)
+    jobs = [
+        Trial(
+            trial_id=t["trial_id"],
+            config=t["config"],
+            out=str(folders[t["trial_id"]].resolve()),
+            wandb_group=f"{spec.name}/{by_id[t['trial_id']].label()}",
+            data_dir=args.data_dir,
+            wandb=spec.wandb.mode,
+            wandb_project=spec.wandb.project,
+            cpu=res.gpus_per_node == 0,
+            cpus_per_task=res.cpus_per_task,
+        )
+        for t in todo
+    ]
+    token = secrets.token_hex(6)  # names our jobs to squeue: job numbers are reused
+    executor = make_executor(args.cluster, out.resolve(), spec.name, res, token)
+    if args.cluster == "slurm":
+        submitted = submit_array(executor, jobs)
+        for job, trial in zip(submitted, jobs, strict=True):
+            add_job(record, job.job_id, trial, "slurm", token)
+        write_record(out, record)  # once per array
+        print(f"submitted {len(jobs)} trials as job array {submitted[0].job_id.split('_')[0]}")
+    else:  # local and debug run here, so they always wait
+        run_here(out, record, executor, jobs, args.cluster, res.array_parallelism, args.poll)
+
+
+def add_job(record: dict[str, Any], job_id: str, trial: Trial, cluster: str, token: str) -> None:
     record["jobs"].append(
-        dict(job_id=str(job_id), trial_ids=[trial.trial_id], cluster=cluster, submitted=now())
+        dict(
+            job_id=str(job_id),
+            trial_ids=[trial.trial_id],
+            cluster=cluster,
+            submitted=now(),
+            token=token,
+        )
     )
     record["updated"] = now()
-    write_json_atomic(out / RECORD, record)
 
 
 def run_here(out, record, executor, trials, cluster, parallelism, poll) -> None:
@@ -233,7 +203,8 @@ def run_here(out, record, executor, trials, cluster, parallelism, poll) -> None:
     if cluster == "debug":
         for i, trial in enumerate(trials, 1):
             job = executor.submit(trial)
-            add_job(out, record, job.job_id, trial, cluster)
+            add_job(record, job.job_id, trial, cluster, "")
+            write_record(out, record)
             err = job.exception()  # runs it; unlike result(), never opens a debugger
             print(
                 f"[{i}/{len(trials)}] {trial.trial_id}: {'failed: ' + str(err) if err else 'done'}"
@@ -245,29 +216,43 @@ def run_here(out, record, executor, trials, cluster, parallelism, poll) -> None:
         while queue and len(running) < parallelism:
             trial = queue.pop(0)
             running[trial.trial_id] = job = executor.submit(trial)
-            add_job(out, record, job.job_id, trial, cluster)
+            add_job(record, job.job_id, trial, cluster, "")
+            write_record(out, record)
         running = {t: j for t, j in running.items() if not j.done()}
-        last = progress(out, record, last)
+        last = progress(trial_states(out, record), last)
         if queue or running:
             time.sleep(poll)
 
 
-def progress(out: Path, record: dict[str, Any], last: str) -> str:
+def progress(rows: list[dict[str, Any]], last: str) -> str:
     """Print the counts when they change; returns the line printed."""
-    line = counts_line(trial_states(out, record))
+    line = counts_line(rows)
     if line != last:
         print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
     return line
 
 
-def wait(out: Path, record: dict[str, Any], poll: float) -> None:
-    """Block until no trial of this sweep is pending or running on SLURM."""
-    last = ""
+def wait(out: Path, record: dict[str, Any], poll: float, patience_s: float = UNANSWERED_S) -> None:
+    """Block until no trial of this sweep is pending or running on SLURM.
+
+    When squeue stops answering, wait at most ``patience_s`` for it to come back, then stop
+    with a one-line error: the trials keep running, and ``mnist-dist status`` still works.
+    """
+    last, silent_since = "", None
     while True:
-        last = progress(out, record, last)
         rows = trial_states(out, record)
-        if not any(r["state"] in ("pending", "running", "unknown") for r in rows):
-            return
+        last = progress(rows, last)
+        if any(r["state"] == "unknown" for r in rows):
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since > patience_s:
+                raise UserError(
+                    f"squeue has not answered for {patience_s:.0f} s; stopped waiting. The "
+                    f"trials keep running: see `mnist-dist status {out}`"
+                )
+        else:
+            silent_since = None
+            if not any(r["state"] in ("pending", "running") for r in rows):
+                return
         time.sleep(poll)
 
 
@@ -277,6 +262,9 @@ def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") 
     p = ArgumentParser(prog=prog, description="State of each trial in a sweep folder, and counts.")
     p.add_argument("dir", help="sweep folder (holds sweep.json)")
     p.add_argument("--json", action="store_true", help="print JSON: counts and trials")
+    p.add_argument(
+        "--check", action="store_true", help="exit 0 only when every trial is done, else 1"
+    )
     args = p.parse_args(argv)
     out = Path(args.dir)
     record = load_record(out)
@@ -289,13 +277,18 @@ def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") 
         print(
             json.dumps(dict(summary, counts={s: counts[s] for s in STATES}, trials=rows), indent=2)
         )
-        return
-    print(f"sweep {record['name']} in {out}")
-    for r in rows:
-        acc = f"{r['final_test_acc']:.2f}%" if r["final_test_acc"] is not None else ""
-        detail = acc or r["error"] or ""
-        print(f"  {r['trial_id']:<28} {r['state']:<8} {r['job_id'] or '-':<12} {detail}".rstrip())
-    print(counts_line(rows))
+    else:
+        print(f"sweep {record['name']} in {out}")
+        for r in rows:
+            acc = f"{r['final_test_acc']:.2f}%" if r["final_test_acc"] is not None else ""
+            detail = acc or r["error"] or ""
+            print(
+                f"  {r['trial_id']:<28} {r['state']:<8} {r['job_id'] or '-':<12} {detail}".rstrip()
+            )
+        print(counts_line(rows))
+    if args.check and counts["done"] != len(rows):
+        print(f"mnist-dist: check failed: {counts_line(rows)}", file=sys.stderr)
+        sys.exit(1)
 
 
 main = sweep_main

@@ -1,6 +1,6 @@
 """Sweep files: strict TOML (stdlib ``tomllib``) -> typed spec -> the list of trials.
 
-A sweep file (see ``jobs/*.toml`` and docs/README-sweeps.md)::
+A sweep file (see ``jobs/*.toml`` and the README's "Sweep files")::
 
     name = "smoke"                 # sweep folder: runs/sweeps/<name>, W&B group
     [grid]                         # cartesian product; each key a TrainConfig field, a list
@@ -62,6 +62,7 @@ class Resources:
     constraint: str | None = None
     array_parallelism: int = 16  # trials of one array running at once
     signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
+    max_num_timeout: int = 30  # times a timed-out trial is requeued (submitit's default: 3)
     sbatch_extra: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH --key=value
     setup: list[str] = field(default_factory=list)  # shell lines before srun (module load ...)
 
@@ -69,6 +70,11 @@ class Resources:
     def tasks(self) -> int:
         """Processes per node: one per GPU (the Accelerate/DDP layout), else as given."""
         return self.tasks_per_node or max(1, self.gpus_per_node)
+
+    @property
+    def world_size(self) -> int:
+        """Processes of one trial: part of its identity, since batch_size is per process."""
+        return self.nodes * self.tasks
 
 
 @dataclass
@@ -103,7 +109,8 @@ class SweepSpec:
         for i, point in enumerate(raw + self.trials):
             where = f"grid point {point}" if i < len(raw) else f"trials[{i - len(raw)}]"
             try:
-                cfg = TrainConfig(**{**self.defaults, **point}).resolve()
+                point = {**self.defaults, **point, "world_size": self.resources.world_size}
+                cfg = TrainConfig(**point).resolve()
             except UserError as e:
                 raise UserError(f"{self.file}: {where}: {e}") from None
             configs.setdefault(cfg.trial_id(), cfg)  # equal configs are one trial
@@ -144,6 +151,10 @@ def _strict(cls: type, table: Any, where: str) -> dict[str, Any]:
 
 
 def _train_fields(table: Any, where: str) -> dict[str, Any]:
+    if isinstance(table, dict) and "world_size" in table:
+        raise UserError(
+            f"{where}: world_size comes from [resources] (nodes x tasks_per_node); remove it"
+        )
     return _strict(TrainConfig, table, where)
 
 
@@ -203,7 +214,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 def _check_resources(spec: SweepSpec) -> None:
     r, where = spec.resources, f"{spec.file} [resources]"
-    for key in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
+    for key in ("time_min", "nodes", "cpus_per_task", "array_parallelism", "max_num_timeout"):
         if getattr(r, key) < 1:
             raise UserError(f"{where}.{key} must be at least 1, got {getattr(r, key)}")
     if r.gpus_per_node < 0 or r.mem_gb <= 0 or r.signal_delay_s < 0:

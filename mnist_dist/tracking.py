@@ -1,8 +1,13 @@
 """W&B tracking through Accelerate's tracker, on the main process, never fatal.
 
-group = the sweep name (``--wandb-group``; a single run defaults to its step), job_type =
-the step, tags ``step``/``seed<N>``, run name ``<step>-s<seed>``. The run id is kept in the
-run folder (``wandb_run_id``) so a resumed or requeued trial continues the same W&B run.
+group = the run's config group, so W&B's grouped charts average the seeds of one config
+and nothing else: a sweep's trials get ``<sweep>/<label>`` (``--wandb-group``), a single
+run its label (``step4``, or ``step4 (lr=0.05)``). job_type = the step, tags
+``step``/``seed<N>``, run name ``<step>-s<seed>``; the run config is the resolved config
+plus ``trial_id`` and ``config_hash``. The run folder's ``wandb_run.json`` keeps the run id
+(a resumed or requeued trial continues the same W&B run) and the last epoch W&B received:
+the checkpoint is saved before an epoch is logged, so after a preemption between the two,
+the resumed run logs the missing epochs first (``catch_up``) and never one twice.
 Any W&B failure (no key, no network, bad settings) warns once and turns tracking off;
 local results are written regardless.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import secrets
 import string
@@ -20,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from .config import Runtime, TrainConfig
+from .fsio import write_json
+from .sweepdir import WANDB_STATE
 
-RUN_ID_FILE = "wandb_run_id"
 INIT_TIMEOUT_S = 30  # bounded wait for an unreachable server, then we carry on without it
 FINISH_TIMEOUT_S = 60  # bounded wait for the last upload; offline files stay for `wandb sync`
 SUMMARY_KEYS = (
@@ -46,17 +53,19 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def run_id_for(out: Path, resume: bool) -> str:
-    """The W&B run id of this run folder: reused on resume, new when a run starts over."""
-    path = out / RUN_ID_FILE
-    if resume and path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    run_id = new_run_id()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(run_id + "\n")
-    os.replace(tmp, path)
-    return run_id
+def wandb_state(out: Path, resume: bool) -> dict[str, Any]:
+    """{"run_id", "logged_epoch"} of this run folder: kept on resume, new on a fresh start."""
+    path = out / WANDB_STATE
+    if resume and path.is_file():
+        try:
+            state = json.loads(path.read_text())
+            if state.get("run_id"):
+                return dict(run_id=str(state["run_id"]), logged_epoch=int(state["logged_epoch"]))
+        except (OSError, ValueError, TypeError, KeyError):
+            pass  # unreadable: start a new W&B run rather than fail the training
+    state = dict(run_id=new_run_id(), logged_epoch=0)
+    write_json(path, state)
+    return state
 
 
 def has_credentials() -> bool:
@@ -75,7 +84,7 @@ def init_kwargs(cfg: TrainConfig, rt: Runtime, out: Path, run_id: str) -> dict[s
     import wandb
 
     return dict(
-        group=rt.wandb_group or cfg.step,
+        group=(rt.wandb_group or cfg.label())[:128],  # W&B's limit for a group name
         job_type=cfg.step,
         tags=[cfg.step, f"seed{cfg.seed}"],
         name=f"{cfg.step}-s{cfg.seed}",
@@ -94,8 +103,8 @@ def init_kwargs(cfg: TrainConfig, rt: Runtime, out: Path, run_id: str) -> dict[s
 class Tracker:
     """Thin, failure-proof wrapper over ``accelerator.log``; a no-op when W&B is off."""
 
-    def __init__(self, accelerator=None):
-        self.accelerator = accelerator
+    def __init__(self, accelerator=None, out: Path | None = None, state: dict | None = None):
+        self.accelerator, self.out, self.state = accelerator, out, state
 
     @staticmethod
     def log_with(rt: Runtime) -> str | None:
@@ -110,9 +119,11 @@ class Tracker:
             if rt.wandb == "online" and not has_credentials():
                 warn("W&B online mode has no API key (run `wandb login`); tracking is off")
                 return cls(None)
-            kwargs = init_kwargs(cfg, rt, out, run_id_for(out, rt.resume))
-            accelerator.init_trackers(rt.wandb_project, cfg.to_dict(), {"wandb": kwargs})
-            return cls(accelerator)
+            state = wandb_state(out, rt.resume)
+            kwargs = init_kwargs(cfg, rt, out, state["run_id"])
+            config = dict(cfg.to_dict(), trial_id=cfg.trial_id(), config_hash=cfg.config_hash())
+            accelerator.init_trackers(rt.wandb_project, config, {"wandb": kwargs})
+            return cls(accelerator, out, state)
         except Exception as e:  # W&B must never stop training
             warn(f"W&B could not start ({type(e).__name__}: {e}); tracking is off")
             drop_wandb(accelerator)
@@ -129,7 +140,19 @@ class Tracker:
             self.accelerator = None
 
     def log(self, row: dict[str, Any]) -> None:
+        """Log one epoch, then record that W&B has it (a crash in between re-sends it, and
+        W&B drops a step it already has)."""
+        if self.accelerator is None or row["epoch"] <= self.state["logged_epoch"]:
+            return
         self._call("log", lambda: self.accelerator.log(row, step=row["epoch"]))
+        if self.accelerator is not None:
+            self.state["logged_epoch"] = row["epoch"]
+            write_json(self.out / WANDB_STATE, self.state)
+
+    def catch_up(self, history: list[dict[str, Any]]) -> None:
+        """Send the saved epochs W&B never received (a preemption after the checkpoint)."""
+        for row in history:
+            self.log(row)
 
     def finish(self, result: dict[str, Any]) -> None:
         """Write the summary and close the run, waiting at most FINISH_TIMEOUT_S."""

@@ -13,6 +13,7 @@ a summary with ``final_test_acc``, ``best_test_acc``, ``params`` and
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,14 @@ def split_path(path: str) -> tuple[str | None, str]:
 
 
 def run_to_result(run) -> dict[str, Any]:
-    """A W&B run as a result.json-like dict; ValueError when it lacks the final numbers."""
+    """A W&B run as a result.json-like dict; ValueError when it lacks the final numbers.
+
+    The run config is the resolved TrainConfig plus ``trial_id`` and ``config_hash``: the
+    id de-duplicates (a trial logged twice counts once, the newest run), the config groups.
+    """
     config, summary = dict(run.config), dict(run.summary_metrics)
+    trial_id = config.pop("trial_id", None)
+    config.pop("config_hash", None)
     if "step" not in config or "final_test_acc" not in summary:
         raise ValueError("no step in config or no final_test_acc in summary")
     history = [
@@ -54,9 +61,27 @@ def run_to_result(run) -> dict[str, Any]:
         best_test_acc=summary.get("best_test_acc"),
         best_epoch=summary.get("best_epoch"),
         first_epoch_at_target=summary.get("first_epoch_at_target"),
-        trial_id=f"{run.name} ({run.id})",
+        trial_id=trial_id or f"{run.name} ({run.id})",
         config=config,
+        world_size=summary.get("world_size"),
+        _source=f"W&B run {run.id}",
+        _time=_timestamp(getattr(run, "created_at", None)),
     )
+
+
+def _timestamp(created_at: Any) -> float:
+    """W&B's ISO creation time as seconds, for "newest run wins"; 0 when absent."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(created_at).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def group_filter(group: str) -> dict[str, Any]:
+    """The sweep's group and its config groups: ``smoke`` and ``smoke/step4 ...``."""
+    return {"$or": [{"group": group}, {"group": {"$regex": f"^{re.escape(group)}/"}}]}
 
 
 def load_runs(path: str, group: str) -> tuple[list[dict], list[dict]]:
@@ -68,7 +93,7 @@ def load_runs(path: str, group: str) -> tuple[list[dict], list[dict]]:
 
     try:
         api = wandb.Api(timeout=API_TIMEOUT_S)
-        runs = list(api.runs(f"{entity}/{project}" if entity else project, {"group": group}))
+        runs = list(api.runs(f"{entity}/{project}" if entity else project, group_filter(group)))
     except Exception as e:  # network, auth, unknown project: one line, no traceback
         msg = " ".join(str(e).split())
         raise UserError(f"could not read W&B runs of {path} group {group!r}: {msg}") from e
@@ -87,7 +112,7 @@ def load_runs(path: str, group: str) -> tuple[list[dict], list[dict]]:
     return results, missing
 
 
-def log_report(project_path, group, groups, rows, markdown, plots, results, args) -> None:
+def log_report(project_path, group, groups, rows, markdown, plots, found, args) -> None:
     """A summary run in ``group``: the table, the Markdown and the plots. Failure is an error.
 
     The mode follows W&B's own ``WANDB_MODE`` (online unless set); offline runs land in
@@ -103,7 +128,7 @@ def log_report(project_path, group, groups, rows, markdown, plots, results, args
         if not plots:  # the summary run always carries the plots
             from .plots import write_plots
 
-            plots = write_plots(results, args.by, Path(tmp))
+            plots = write_plots(found, Path(tmp))
         try:
             run = wandb.init(
                 entity=entity,
@@ -125,7 +150,7 @@ def log_report(project_path, group, groups, rows, markdown, plots, results, args
                 }
             )
             for g in groups:
-                key = str(g[args.by])
+                key = g["label"]
                 for stat in ("n", "mean", "std", "sem", "ci95", "n_at_target"):
                     run.summary[f"{key}/{stat}"] = g[stat]
             run.finish()

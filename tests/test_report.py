@@ -6,6 +6,7 @@ PYTHONPATH=. python -m pytest tests/test_report.py -q
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from scipy import stats as sps
 
 from mnist_dist.config import Runtime, TrainConfig
 
-from .conftest import assert_one_line_error, make_tiny_mnist, run_cli
+from .conftest import REPO, assert_one_line_error, make_tiny_mnist, run_cli
 from .synthetic import fake_result, write_sweep
 
 
@@ -68,16 +69,79 @@ def test_one_seed_group_shows_no_ci_and_says_so(tmp_path):
     assert "n/a (n=1)" in table and "one seed has no variance" in table
 
 
-def test_works_on_any_folder_of_runs_and_groups_by_another_key(tmp_path):
+def test_works_on_any_folder_of_runs_and_by_never_pools_configs(tmp_path):
+    """--by lr over step1 and step4: one lr value holds two configs, so two rows, named."""
     results = synthetic_results(seeds=2)
     results[0]["config"]["lr"] = 0.05
     write_sweep(tmp_path / "s", results)
     (tmp_path / "s" / "sweep.json").unlink()  # no sweep.json: glob the run folders
-    report = json.loads(run_cli("report", str(tmp_path / "s"), "--json", "--by", "lr").stdout)
-    assert {g["lr"]: g["n"] for g in report["groups"]} == {0.018: 3, 0.05: 1}
-    mixed = report["groups"][0]  # a group spanning steps lists them, and their params
-    assert mixed["step"] == ["step1", "step4"] and mixed["params"] == [7_074, 190_442]
-    assert report["groups"][1]["step"] == "step1" and report["missing"] == []
+    proc = run_cli("report", str(tmp_path / "s"), "--json", "--by", "lr")
+    report = json.loads(proc.stdout)
+    rows = {g["label"]: (g["lr"], g["step"], g["n"]) for g in report["groups"]}
+    assert rows == {
+        "0.018 (step1)": (0.018, "step1", 1),
+        "0.018 (step4)": (0.018, "step4", 2),
+        "0.05": (0.05, "step1", 1),
+    }
+    (warning,) = proc.stderr.splitlines()
+    assert "lr=0.018 holds 2 configs" in warning and "step" in warning and "never pooled" in warning
+    assert report["missing"] == []
+
+
+def test_two_lrs_of_one_step_are_two_groups_with_the_difference_named(tmp_path):
+    results = [fake_result("step4", s, [99.0 + s / 10], 7_074) for s in range(4)]
+    for r in results[:2]:
+        r["config"]["lr"] = 0.01
+    for r in results[2:]:
+        r["config"]["lr"] = 0.05
+    root = write_sweep(tmp_path / "s", results)
+    proc = run_cli("report", str(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "step4 (lr=0.01)" in proc.stdout and "step4 (lr=0.05)" in proc.stdout
+    assert "step=step4 holds 2 configs (they differ in lr)" in proc.stderr
+    groups = json.loads(run_cli("report", str(root), "--json").stdout)["groups"]
+    assert [(g["label"], g["n"]) for g in groups] == [
+        ("step4 (lr=0.01)", 2),
+        ("step4 (lr=0.05)", 2),
+    ]
+    assert groups[0]["config_hash"] != groups[1]["config_hash"]
+
+
+def test_a_seed_run_twice_counts_once_the_newest(tmp_path):
+    results = synthetic_results(seeds=2)
+    root = write_sweep(tmp_path / "s", results)
+    (root / "sweep.json").unlink()
+    again = dict(results[0], final_test_acc=12.5, trial_id="rerun")  # step1 seed 0, again
+    (root / "rerun").mkdir()
+    (root / "rerun" / "result.json").write_text(json.dumps(again))
+    os.utime(root / results[0]["trial_id"] / "result.json", (1, 1))  # the older one
+    proc = run_cli("report", str(root), "--json")
+    step1 = json.loads(proc.stdout)["groups"][0]
+    assert step1["n"] == 2 and step1["seeds"] == [0, 1] and 12.5 in step1["final_test_acc"]
+    (warning,) = proc.stderr.splitlines()
+    assert "seed 0 of step1 appears twice" in warning
+    assert str(root / "rerun") in warning and results[0]["trial_id"] in warning
+
+
+def test_old_and_new_runs_of_one_config_are_one_group(tmp_path):
+    """A config.json written before world_size existed counts as world_size 1."""
+    results = synthetic_results(seeds=2)[2:]  # step4 seeds 0, 1
+    del results[0]["config"]["world_size"]
+    root = write_sweep(tmp_path / "s", results)
+    (g,) = json.loads(run_cli("report", str(root), "--json").stdout)["groups"]
+    assert g["n"] == 2 and g["label"] == "step4"
+
+
+@pytest.mark.parametrize("name", ["beyond", "step4-seeds"])
+def test_committed_evidence_reports_as_committed(name):
+    """The committed sweeps: same groups, n and means as their committed report.json."""
+    root = REPO / "results" / name
+    proc = run_cli("report", str(root), "--json")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    now = json.loads(proc.stdout)["groups"]
+    then = json.loads((root / "report.json").read_text())["groups"]
+    assert [(g["step"], g["n"]) for g in now] == [(g["step"], g["n"]) for g in then]
+    assert [g["mean"] for g in now] == pytest.approx([g["mean"] for g in then])
 
 
 def test_corrupted_result_reports_the_rest_and_names_the_file(tmp_path):

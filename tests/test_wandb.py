@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_dist.tracking import run_id_for
+from mnist_dist.tracking import wandb_state
 
 from .conftest import assert_one_line_error, run_cli
 from .synthetic import fake_result, write_sweep
@@ -101,7 +101,10 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_offline_run_carries_group_config_tags_summary_and_resumes(tiny_mnist, tmp_path, wandb_env):
+@pytest.mark.parametrize("wandb_had", [1, 0], ids=["preempted-in-epoch-2", "preempted-before-log"])
+def test_offline_run_carries_group_config_tags_summary_and_resumes(
+    tiny_mnist, tmp_path, wandb_env, wandb_had
+):
     out = tmp_path / "run"
     env = dict(wandb_env, WANDB_MODE="offline")
     args = train_args(tiny_mnist, out, "--wandb", "offline", "--wandb-group", "smoke")
@@ -109,7 +112,9 @@ def test_offline_run_carries_group_config_tags_summary_and_resumes(tiny_mnist, t
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr
     result = json.loads((out / "result.json").read_text())
-    run_id = (out / "wandb_run_id").read_text().strip()
+    state = json.loads((out / "wandb_run.json").read_text())
+    run_id = state["run_id"]
+    assert state["logged_epoch"] == 2
     (first,) = sorted((out / "wandb").glob("offline-run-*"))
     assert first.name.endswith(run_id)
     got = read_offline_run(first)
@@ -121,6 +126,8 @@ def test_offline_run_carries_group_config_tags_summary_and_resumes(tiny_mnist, t
         ["step4", "seed3"],
     )
     assert {k: got["config"][k] for k in result["config"]} == result["config"]
+    assert got["config"]["trial_id"] == result["trial_id"]
+    assert got["config"]["config_hash"] == result["config_hash"]
     for key in ("final_test_acc", "best_test_acc", "params", "first_epoch_at_target"):
         assert got["summary"][key] == result[key], key
     logged = {h["epoch"]: h["test_acc"] for h in got["history"] if "epoch" in h}
@@ -133,10 +140,13 @@ def test_offline_run_carries_group_config_tags_summary_and_resumes(tiny_mnist, t
     assert sync.returncode == 0 and f"run-{run_id}.wandb" in sync.stdout + sync.stderr
 
     # Requeued after epoch 1: the checkpoint holds one epoch and there is no result yet.
+    # W&B got epoch 1 (preempted during epoch 2), or not even that: the checkpoint is
+    # saved first, so a preemption may fall between it and the W&B log.
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     ckpt["history"], ckpt["epoch"] = ckpt["history"][:1], 1
     torch.save(ckpt, out / "checkpoint.pt")
     (out / "result.json").unlink()
+    (out / "wandb_run.json").write_text(json.dumps(dict(state, logged_epoch=wandb_had)))
     proc = run_cli(*args, "--resume", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "resuming" in proc.stdout
@@ -144,7 +154,8 @@ def test_offline_run_carries_group_config_tags_summary_and_resumes(tiny_mnist, t
     assert len(runs) == 2 and all(r.name.endswith(run_id) for r in runs)
     again = read_offline_run(runs[1])
     assert again["run"].run_id == run_id and again["run"].run_group == "smoke"
-    assert [h["epoch"] for h in again["history"] if "epoch" in h] == [2]  # continues
+    # continues: each epoch reaches W&B exactly once over the two runs
+    assert [h["epoch"] for h in again["history"] if "epoch" in h] == [1, 2][wandb_had:]
     assert (
         again["summary"]["final_test_acc"]
         == json.loads((out / "result.json").read_text())["final_test_acc"]
@@ -152,10 +163,12 @@ def test_offline_run_carries_group_config_tags_summary_and_resumes(tiny_mnist, t
 
 
 def test_run_id_is_kept_on_resume_and_new_when_starting_over(tmp_path):
-    first = run_id_for(tmp_path, resume=False)
-    assert run_id_for(tmp_path, resume=True) == first
-    fresh = run_id_for(tmp_path, resume=False)
-    assert fresh != first and (tmp_path / "wandb_run_id").read_text().strip() == fresh
+    first = wandb_state(tmp_path, resume=False)
+    assert first["logged_epoch"] == 0
+    assert wandb_state(tmp_path, resume=True) == first
+    fresh = wandb_state(tmp_path, resume=False)
+    saved = json.loads((tmp_path / "wandb_run.json").read_text())
+    assert fresh["run_id"] != first["run_id"] and saved == fresh
 
 
 def closed_port() -> int:
@@ -188,12 +201,17 @@ def test_broken_wandb_warns_once_and_training_completes(tiny_mnist, tmp_path, wa
 class FakeRun:
     """The attributes of ``wandb.apis.public.Run`` that the report reads."""
 
-    def __init__(self, result: dict, state: str = "finished", job_type: str | None = None):
-        self.id = result["trial_id"][-8:]
+    def __init__(self, result: dict, group: str, state="finished", job_type=None, created=1):
+        from mnist_dist.sweepdir import result_config
+
+        cfg = result_config(result)
+        self.id = f"{result['trial_id'][-6:]}{created:02d}"
         self.name = f"{result['step']}-s{result['seed']}"
-        self.state = state
+        self.group, self.state = group, state
         self.job_type = job_type or result["step"]
-        self.config = dict(result["config"])
+        self.created_at = f"2026-11-{created:02d}T10:00:00Z"
+        # what the trainer sends: the resolved config, its trial id and config hash
+        self.config = dict(cfg.to_dict(), trial_id=cfg.trial_id(), config_hash=cfg.config_hash())
         self.summary_metrics = {k: result[k] for k in ("final_test_acc", "best_test_acc", "params")}
         self.summary_metrics["first_epoch_at_target"] = result["first_epoch_at_target"]
         self._history = [dict(h, _step=h["epoch"]) for h in result["history"]]
@@ -203,17 +221,29 @@ class FakeRun:
 
 
 class FakeApi:
-    """Stands in for ``wandb.Api``: serves FakeRuns of one group and records the query."""
+    """Stands in for ``wandb.Api``: serves FakeRuns matching a group filter (exact or
+    ``$regex``, the MongoDB-style query W&B's public API takes) and records the query."""
 
-    runs_by_group: dict[str, list[FakeRun]] = {}
+    runs_all: list[FakeRun] = []
     queries: list = []
 
     def __init__(self, overrides=None, timeout=None, api_key=None):
         self.timeout = timeout
 
     def runs(self, path, filters=None, **kwargs):
+        import re
+
         FakeApi.queries.append((path, filters))
-        return iter(FakeApi.runs_by_group.get(filters["group"], []))
+
+        def match(run, cond):
+            want = cond["group"]
+            return (
+                re.search(want["$regex"], run.group)
+                if isinstance(want, dict)
+                else run.group == want
+            )
+
+        return iter(r for r in FakeApi.runs_all if any(match(r, c) for c in filters["$or"]))
 
 
 def test_report_from_the_wandb_api_matches_the_folder_report(tmp_path, monkeypatch, capsys):
@@ -230,15 +260,20 @@ def test_report_from_the_wandb_api_matches_the_folder_report(tmp_path, monkeypat
         for seed in range(3)
     ]
     crashed = fake_result("step4", 9, [50.0], 7_074)
-    FakeApi.runs_by_group = {
-        "smoke": [FakeRun(r) for r in results]
-        + [FakeRun(crashed, state="crashed"), FakeRun(results[0], job_type="report")]
-    }
+    stale = dict(results[3], final_test_acc=11.0)  # step4 seed 0, an older run of the trial
+    FakeApi.runs_all = [FakeRun(r, f"smoke/{r['step']}", created=5) for r in results] + [
+        FakeRun(stale, "smoke/step4", created=2),  # the same trial id: counted once, newest
+        FakeRun(crashed, "smoke/step4", state="crashed"),
+        FakeRun(results[0], "smoke", job_type="report"),
+        FakeRun(results[0], "smokey/step3"),  # another sweep whose name starts alike
+    ]
     monkeypatch.setattr(wandb, "Api", FakeApi)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     report_main(["--wandb", "me/mnist", "--group", "smoke", "--json"])
-    from_api = json.loads(capsys.readouterr().out)
-    assert FakeApi.queries[-1] == ("me/mnist", {"group": "smoke"})
+    captured = capsys.readouterr()
+    from_api = json.loads(captured.out)
+    assert FakeApi.queries[-1][0] == "me/mnist"
+    assert "seed 0 of step4 appears twice" in captured.err
     assert [(m["status"], m["trial_id"].split()[0]) for m in from_api["missing"]] == [
         ("crashed", "step4-s9")
     ]
@@ -248,6 +283,7 @@ def test_report_from_the_wandb_api_matches_the_folder_report(tmp_path, monkeypat
         for key in ("step", "n", "params", "mean", "variance", "std", "sem", "ci95", "min", "max"):
             assert a[key] == pytest.approx(b[key]), key
         assert a["n_at_target"] == b["n_at_target"] and a["n"] == 3  # the report run is skipped
+        assert a["config_hash"] == b["config_hash"]
         x = [r["final_test_acc"] for r in results if r["step"] == a["step"]]
         assert a["mean"] == pytest.approx(np.mean(x))
 

@@ -1,0 +1,135 @@
+"""What a run ran on (threads, CPU model, versions, git commit) and its result dict.
+
+Recorded in ``result.json`` so that a rerun that differs can be explained from the files:
+CPU runs repeat bit for bit only at a fixed thread count (step4 seed 0 gave 99.33 on two
+threads and 99.20 on one), and the CPU kind and torch build change the float rounding.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .config import TARGET_ACC, Runtime, TrainConfig
+
+
+def cpu_threads(explicit: int | None = None) -> int:
+    """Threads for this process: what the launcher grants, never oversubscribed.
+
+    In order: ``--threads`` (a sweep trial passes its cpus_per_task, and
+    launch/sbatch_accelerate.sh its node's CPUs per process), ``SLURM_CPUS_PER_TASK`` (one
+    process per task), ``OMP_NUM_THREADS`` (torchrun sets 1), else the CPUs in this
+    process's affinity divided by ``LOCAL_WORLD_SIZE``: two trainers on two cores must not
+    each start two threads (an epoch went from 56 s to 336 s that way).
+    """
+    if explicit:
+        return max(1, explicit)
+    for var in ("SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"):
+        if os.environ.get(var, "").isdigit():
+            return max(1, int(os.environ[var]))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, len(os.sched_getaffinity(0)) // local_world)
+
+
+def cpu_model() -> str:
+    """``AMD EPYC`` or ``Intel(R) Xeon(R) ...``: what lscpu calls "Model name"."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str | None:
+    """The commit this package runs from, with ``+dirty`` for uncommitted changes."""
+    here = Path(__file__).parent
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", "-C", str(here), *a], capture_output=True, text=True, timeout=5
+        )
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import torch
+    import torchvision
+
+    from . import __version__
+
+    return dict(
+        mnist_dist=__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torchvision=torchvision.__version__,
+        accelerate=accelerate.__version__,
+    )
+
+
+def run_env(accelerator, rt: Runtime) -> dict[str, Any]:
+    """Where and how the run ran: not part of its identity, recorded to explain reruns."""
+    import torch
+
+    device = accelerator.device
+    return dict(
+        world_size=accelerator.num_processes,
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        threads=torch.get_num_threads(),
+        cpu_model=cpu_model(),
+        versions=versions(),
+    )
+
+
+def make_result(
+    cfg: TrainConfig,
+    history: list[dict],
+    *,
+    params: int,
+    n_train: int,
+    n_test: int,
+    wall_seconds: float,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The result.json dict: pure, from the config, the per-epoch history and the run facts.
+
+    The headline is the final epoch's test accuracy; the best epoch is picked on the test
+    set, so it is kept for comparison only.
+    """
+    accs = [h["test_acc"] for h in history]
+    best = max(range(len(accs)), key=accs.__getitem__)
+    return dict(
+        step=cfg.step,
+        seed=cfg.seed,
+        params=params,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        mixed_precision=cfg.mixed_precision,
+        train_images=n_train,
+        val_images=cfg.val_split,
+        test_images=n_test,
+        history=history,
+        final_test_acc=accs[-1],
+        final_val_acc=history[-1].get("val_acc"),
+        best_test_acc=accs[best],
+        best_epoch=best + 1,
+        first_epoch_at_target=next((i + 1 for i, a in enumerate(accs) if a >= TARGET_ACC), None),
+        wall_seconds=wall_seconds,
+        train_seconds=sum(h["seconds"] for h in history),
+        trial_id=cfg.trial_id(),
+        config_hash=cfg.config_hash(),
+        config=cfg.to_dict(),
+        **run,
+    )

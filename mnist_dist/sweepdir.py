@@ -1,0 +1,271 @@
+"""The run and sweep folders: their file names, the checkpoint, and each trial's one state.
+
+A run folder (``mnist-dist train --out``, or a sweep's ``DIR/<trial_id>/``) holds
+``config.json`` (at start), ``checkpoint.pt`` (each epoch), ``result.json`` (at the end),
+``error.txt`` (when a sweep trial raised) and ``wandb_run.json`` (the W&B run id and the
+last epoch W&B received). A sweep folder holds ``sweep.json`` (the record: its trials and
+every job submitted), one run folder per trial, and submitit's ``logs/``. Everything is
+written through ``fsio.atomic_open``; ``sweep.json`` only under ``record_lock``.
+
+``trial_states`` is the one place that decides done / running / pending / failed /
+missing / corrupt / unknown: ``mnist-dist status`` and ``mnist-dist report`` both read it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig
+from .errors import UserError
+from .fsio import atomic_open, write_json
+
+CONFIG, CHECKPOINT, RESULT, ERROR = "config.json", "checkpoint.pt", "result.json", "error.txt"
+WANDB_STATE = "wandb_run.json"
+RECORD, LOCK = "sweep.json", ".sweep.lock"
+STATES = ("done", "running", "pending", "failed", "missing", "corrupt", "unknown")
+SLURM_TIMEOUT_S = 20  # a healthy slurmctld answers in well under a second
+LIVE_STATES = {  # squeue state -> our state
+    **dict.fromkeys(["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD"], "pending"),
+    **dict.fromkeys(["REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"], "pending"),
+    **dict.fromkeys(["RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"], "running"),
+}
+REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float), "config": dict}
+
+
+# ---- one run folder -------------------------------------------------------------------
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """One result.json; ValueError with a short reason when it is unreadable or incomplete."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    for key, kind in REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"missing or bad {key!r}")
+    if not isinstance(data.get("history"), list):
+        raise ValueError("missing or bad 'history'")
+    data.setdefault("epochs", len(data["history"]))
+    return data
+
+
+def result_config(result: dict[str, Any]) -> TrainConfig:
+    """The run's TrainConfig; keys an older run lacks take their defaults, as in its id.
+    An older config has no world_size: its result.json recorded the processes it ran on."""
+    data = dict(result["config"])
+    data.setdefault("world_size", result.get("world_size") or 1)
+    return TrainConfig.from_dict(data, where="result.json config")
+
+
+def error_line(folder: Path) -> str | None:
+    """The last line of a failed trial's traceback, i.e. the exception."""
+    path = folder / ERROR
+    if not path.is_file():
+        return None
+    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else "failed (empty error.txt)"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """One file, atomic: a preempted write leaves the previous epoch's checkpoint intact."""
+    import torch
+
+    with atomic_open(path, "wb") as f:
+        torch.save(state, f)
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    """The run folder's checkpoint, if any, after checking it belongs to this run."""
+    import torch
+
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = TrainConfig.from_dict(
+        {"world_size": ckpt.get("world_size", 1), **ckpt["config"]}, where=str(path)
+    )
+    if saved.world_size != cfg.world_size:
+        raise UserError(
+            f"{path} was written by {saved.world_size} process(es), this run has "
+            f"{cfg.world_size} (batch size is per process); resume with "
+            f"{saved.world_size}, or use a new --out to start over"
+        )
+    if saved.identity() != cfg.identity():
+        raise UserError(f"{path} was written by a different config; use a new --out to start over")
+    return ckpt
+
+
+# ---- one sweep folder -----------------------------------------------------------------
+
+
+def load_record(out: Path) -> dict[str, Any] | None:
+    path = out / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        [str(t["trial_id"]) for t in record["trials"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    return record
+
+
+def record_lock(out: Path, timeout_s: float = 120):
+    """Held while a sweep command reads, submits and writes the record: two reruns of one
+    sweep folder never decide on the same trials at once."""
+    from filelock import FileLock
+
+    out.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(out / LOCK), timeout=timeout_s)
+
+
+def write_record(out: Path, record: dict[str, Any]) -> None:
+    write_json(out / RECORD, record)
+
+
+def trial_folders(out: Path, record: dict[str, Any]) -> dict[str, Path]:
+    """trial id -> its folder. A folder named by an older id scheme is found by its config."""
+    folders = {t["trial_id"]: Path(t.get("path") or out / t["trial_id"]) for t in record["trials"]}
+    lost = {tid for tid, d in folders.items() if not d.is_dir()}
+    if lost:
+        for cfg_path in out.glob(f"*/{CONFIG}"):
+            try:
+                cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
+                tid = cfg.trial_id()
+            except (UserError, ValueError, TypeError, OSError):
+                continue
+            if tid in lost:
+                folders[tid] = cfg_path.parent
+    return folders
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str, str]] | None:
+    """(state, name, comment) per job id ("123_4" for array tasks); None when squeue does
+    not answer. squeue knows finished jobs for MinJobAge seconds (300 by default)."""
+    arrays = sorted({j.split("_")[0] for j in job_ids})
+    if not arrays or shutil.which("squeue") is None:
+        return None
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%j|%k", "-j", ",".join(arrays)],
+            capture_output=True,
+            text=True,
+            timeout=SLURM_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        return None
+    states = {}
+    for line in proc.stdout.splitlines():
+        job_id, state, name, comment = (line.strip().split("|", 3) + ["", "", ""])[:4]
+        states[job_id] = (state, name, comment)
+    return states
+
+
+def slurm_state(job: dict[str, Any], live: dict[str, tuple[str, str, str]], sweep: str) -> str:
+    """squeue's state for our job, or "" when squeue no longer knows it. A restarted
+    cluster reuses job numbers: a job whose name or submission token is not ours is gone."""
+    state, name, comment = live.get(job["job_id"], ("", "", ""))
+    token = job.get("token")
+    if state and (name != sweep or (token and comment != token)):
+        return ""
+    return state
+
+
+def local_alive(pid: str) -> bool:
+    """A local job is its submitit process; a reused pid runs something else."""
+    try:
+        cmdline = Path(f"/proc/{int(pid)}/cmdline").read_bytes()
+    except (ValueError, OSError):
+        return False
+    return b"submitit" in cmdline
+
+
+def trial_states(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per trial: state, latest job, final accuracy or the reason it has none.
+
+    The trial folder decides done (result.json), corrupt (an unreadable one) and failed
+    (error.txt); the scheduler decides pending and running. A job that ended without
+    either counts as failed; a trial never submitted is missing; unknown means squeue did
+    not answer, so nobody can tell whether the trial is still queued.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    for job in record.get("jobs", []):
+        for tid in job["trial_ids"]:
+            latest[tid] = job
+    folders = trial_folders(out, record)
+    todo = [tid for tid, d in folders.items() if not (d / RESULT).is_file()]
+    slurm_ids = [latest[t]["job_id"] for t in todo if latest.get(t, {}).get("cluster") == "slurm"]
+    live = squeue_states(slurm_ids) if slurm_ids else {}
+    rows = []
+    for t in record["trials"]:
+        tid, d = t["trial_id"], folders[t["trial_id"]]
+        job = latest.get(tid)
+        row: dict[str, Any] = dict(trial_id=tid, step=t["config"].get("step"))
+        row.update(seed=t["config"].get("seed"), path=str(d), job_id=job and job["job_id"])
+        row.update(final_test_acc=None, error=None)
+        sq = slurm_state(job, live, record["name"]) if job and live is not None else ""
+        if (d / RESULT).is_file():
+            try:
+                row.update(state="done", final_test_acc=read_result(d / RESULT)["final_test_acc"])
+            except ValueError as e:
+                row.update(
+                    state="corrupt", path=str(d / RESULT), error=f"corrupted result.json: {e}"
+                )
+        elif sq in LIVE_STATES:
+            row["state"] = LIVE_STATES[sq]
+        elif job and job["cluster"] == "local" and local_alive(job["job_id"]):
+            row["state"] = "running"
+        elif error_line(d):
+            row.update(state="failed", path=str(d / ERROR), error=error_line(d))
+        elif job and job["cluster"] == "slurm" and live is None:
+            row.update(state="unknown", error="squeue did not answer")
+        elif job:
+            how = f"ended {sq}" if sq else "ended"
+            row.update(
+                state="failed",
+                error=f"job {job['job_id']} {how} without result.json (see {out / 'logs'})",
+            )
+        else:
+            row.update(state="missing", error="no result.json")
+        rows.append(row)
+    return rows
+
+
+def adopt_runs(root: Path) -> dict[str, Any]:
+    """A folder of runs without sweep.json (or one run folder) as a record of its trials."""
+    found = sorted({p.parent for n in (RESULT, ERROR, CONFIG) for p in root.glob(f"*/{n}")})
+    if (root / RESULT).is_file():
+        found.insert(0, root)
+    trials = []
+    for d in found:
+        try:
+            config = json.loads((d / CONFIG).read_text()) if (d / CONFIG).is_file() else {}
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        trials.append(dict(trial_id=d.name, config=config, path=str(d)))
+    return dict(name=root.name, trials=trials, jobs=[])
+
+
+def dir_record(root: Path) -> dict[str, Any]:
+    """The record of a sweep folder, or of any folder of runs; a one-line error otherwise."""
+    if not root.exists():
+        raise UserError(f"{root}: no such folder; give a sweep folder (mnist-dist sweep --out)")
+    if not root.is_dir():
+        raise UserError(f"{root} is not a folder; give a sweep folder holding <trial>/result.json")
+    record = load_record(root)
+    if record is not None:
+        return record
+    record = adopt_runs(root)
+    if not record["trials"]:
+        raise UserError(f"{root} holds no runs: no sweep.json and no <trial>/result.json")
+    return record
