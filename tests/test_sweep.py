@@ -102,7 +102,9 @@ def test_slurm_unreachable_submits_nothing(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name, n", [("seed_sweep", 10), ("step_grid", 20), ("smoke", 4)])
+@pytest.mark.parametrize(
+    "name, n", [("seed_sweep", 10), ("study", 25), ("bf16_check", 10), ("smoke", 4)]
+)
 def test_shipped_sweep_files_dry_run(tmp_path, name, n):
     out = tmp_path / "out"
     proc = run_cli("sweep", str(REPO / "jobs" / f"{name}.toml"), "--dry-run", "--out", str(out))
@@ -113,6 +115,19 @@ def test_shipped_sweep_files_dry_run(tmp_path, name, n):
     if name == "seed_sweep":  # the id is the resolved config's hash, seed included
         assert ids == [TrainConfig(step="step4", seed=s).trial_id() for s in range(10)]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "sweep_file, folder, n", [("beyond", "beyond", 20), ("step4_cpu_seeds", "step4-seeds", 3)]
+)
+def test_rerunning_a_committed_sweep_over_its_folder_submits_nothing(sweep_file, folder, n):
+    proc = run_cli(
+        "sweep", str(REPO / "jobs" / f"{sweep_file}.toml"), "--dry-run",
+        "--out", str(REPO / "results" / folder),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"would submit 0 of {n} trials" in proc.stdout
+    assert proc.stdout.count("skip (done)") == n
 
 
 def test_default_dir_comes_from_sweep_name(tmp_path):
