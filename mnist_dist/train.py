@@ -40,9 +40,9 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
     if rt.resume and (out / RESULT).is_file():
         return finished_result(out, cfg)
     commit, t_start = git_commit(), time.perf_counter()  # commit at start: HEAD may move
+    ckpt = load_checkpoint(out / CHECKPOINT, cfg) if rt.resume else None
     torch.set_num_threads(cpu_threads(rt.threads))
     accelerator = make_accelerator(cfg, rt)
-    ckpt = load_checkpoint(out / CHECKPOINT, cfg) if rt.resume else None
     if accelerator.is_main_process:
         write_json(out / CONFIG, cfg.to_dict())
     data, val, batches = load_data(cfg, rt, accelerator)

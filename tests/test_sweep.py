@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +59,7 @@ def status(out: Path) -> dict:
             "[grid]\nseed = [0]\n[resources]\ngpus_per_node = 2\ntasks_per_node = 1\n",
             ["one process per GPU"],
         ),
+        ("[grid]\nseed = [0]\n[defaults]\nworld_size = 2\n", ["world_size comes from [resources]"]),
     ],
 )
 def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, body, fragments):
@@ -147,10 +151,15 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     (out / bad_id).mkdir(parents=True)
     (out / bad_id / "checkpoint.pt").write_bytes(b"not a checkpoint")
 
-    proc = run_cli(*args, "--poll", "0.5")
+    # A stray OMP_NUM_THREADS in the submitting shell must not override cpus_per_task (1).
+    proc = run_cli(*args, "--poll", "0.5", env={"OMP_NUM_THREADS": "7"})
     assert proc.returncode == 1, proc.stdout + proc.stderr
     st = status(out)
     assert st["counts"]["done"] == 1 and st["counts"]["failed"] == 1
+    done = next(t for t in st["trials"] if t["state"] == "done")
+    assert json.loads((out / done["trial_id"] / "result.json").read_text())["threads"] == 1
+    check = run_cli("status", str(out), "--check")  # scripts gate on a sweep with this
+    assert check.returncode == 1 and "1 done, 1 failed" in check.stderr
     failed = next(t for t in st["trials"] if t["state"] == "failed")
     assert failed["trial_id"] == bad_id
     error_txt = (out / bad_id / "error.txt").read_text().strip().splitlines()
@@ -167,6 +176,75 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     assert not (out / bad_id / "error.txt").exists()
     assert status(out)["counts"]["done"] == 2
     assert len(json.loads((out / "sweep.json").read_text())["jobs"]) == 3
+    assert run_cli("status", str(out), "--check").returncode == 0
+
+
+def test_a_second_sweep_command_waits_for_the_folder_lock(tmp_path, tiny_mnist):
+    """Two reruns of one folder never decide on the same trials at once."""
+    from filelock import FileLock
+
+    body = TINY.replace("seed = [0, 1]", "seed = [0]")
+    f = write_sweep(tmp_path / "s.toml", body, name="lock")
+    out = tmp_path / "out"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "mnist_dist", "sweep", str(f), "--cluster", "local",
+           "--out", str(out), "--data-dir", str(tiny_mnist), "--poll", "0.5"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    with FileLock(str(out / ".sweep.lock")):  # another `mnist-dist sweep` is submitting
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(5)
+        assert proc.poll() is None and not (out / "sweep.json").exists()
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stdout.decode() + stderr.decode()
+    assert status(out)["counts"]["done"] == 1
+
+
+def test_unknown_slurm_state_is_never_resubmitted(tmp_path):
+    """squeue does not answer: a recorded trial may still be queued, so nothing is submitted."""
+    f = write_sweep(tmp_path / "s.toml", TINY)
+    out = tmp_path / "out"
+    assert run_cli("sweep", str(f), "--dry-run", "--out", str(out)).returncode == 0
+    spec_ids = [
+        TrainConfig(step="step4", seed=s, epochs=1, train_limit=256, eval_batch_size=256).trial_id()
+        for s in (0, 1)
+    ]
+    out.mkdir()
+    record = dict(
+        name="t",
+        trials=[dict(trial_id=t, config={}) for t in spec_ids],
+        jobs=[dict(job_id="5_0", trial_ids=spec_ids[:1], cluster="slurm", token="k")],
+    )
+    (out / "sweep.json").write_text(json.dumps(record))
+    proc = run_cli("sweep", str(f), "--dry-run", "--out", str(out), env={"PATH": str(tmp_path)})
+    assert_one_line_error(proc, "squeue did not answer", "nothing submitted")
+    st = run_cli("status", str(out), "--json", env={"PATH": str(tmp_path)})
+    counts = json.loads(st.stdout)["counts"]
+    assert (counts["unknown"], counts["missing"]) == (1, 1)
+
+
+def test_wait_gives_up_when_squeue_stops_answering(tmp_path, monkeypatch):
+    from mnist_dist.errors import UserError
+    from mnist_dist.sweep import wait
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # squeue gone, as with a dead slurmctld
+    record = dict(
+        name="t",
+        trials=[dict(trial_id="a", config={})],
+        jobs=[dict(job_id="5_0", trial_ids=["a"], cluster="slurm", token="k")],
+    )
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="has not answered for 1 s.*keep running.*status"):
+        wait(tmp_path, record, poll=0.1, patience_s=1)
+    assert time.monotonic() - t0 < 10
+
+
+def test_debug_cluster_refuses_a_mixed_precision_grid(tmp_path, tiny_mnist):
+    body = TINY.replace("seed = [0, 1]", 'seed = [0]\nmixed_precision = ["no", "bf16"]')
+    f = write_sweep(tmp_path / "s.toml", body, name="mp")
+    out = tmp_path / "out"
+    proc = run_cli("sweep", str(f), "--cluster", "debug", "--out", str(out))
+    assert_one_line_error(proc, "--cluster debug", "mixed precision", "--cluster local")
+    assert not out.exists()
 
 
 def test_local_two_tasks_over_gloo(tmp_path, tiny_mnist):

@@ -82,10 +82,19 @@ def test_torchrun_two_processes_share_the_work(real_mnist, tmp_path):
     assert result["train_images"] == 1000
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "recipe",
+    [
+        # --lr-step 1: the LR decays at the resume boundary, so scheduler state must carry.
+        ("--lr-step", "1"),
+        # OneCycle steps per batch and ends at ~0: a lost or repeated step shows.
+        ("--scheduler", "onecycle", "--lr", "0.05", "--val-split", "256"),
+    ],
+    ids=["steplr", "onecycle-val-split"],
+)
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, recipe):
     data = make_tiny_mnist(tmp_path / "data", n_train=2048, n_test=256)
-    # --lr-step 1: the LR decays at the resume boundary, so scheduler state must carry over.
-    args = ("train", "--epochs", "2", "--lr-step", "1", "--data-dir", str(data))
+    args = ("train", "--epochs", "2", *recipe, "--data-dir", str(data))
     full = tmp_path / "full"
     assert run_cli(*args, "--out", str(full)).returncode == 0
 
@@ -105,10 +114,94 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     assert "resuming" in resumed.stdout
 
     a, b = read(full / "result.json"), read(part / "result.json")
-    keys = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    keys = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+    keys += ["val_loss", "val_acc"] if "--val-split" in recipe else []
     assert [[h[k] for k in keys] for h in a["history"]] == [
         [h[k] for k in keys] for h in b["history"]
     ]
+    # wall time carries across the resume, as training time does
+    assert b["wall_seconds"] >= b["train_seconds"] == sum(h["seconds"] for h in b["history"])
+
+
+def test_a_fresh_run_never_overwrites_a_finished_one(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    args = ("train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out))
+    assert run_cli(*args).returncode == 0
+    before = (out / "result.json").read_text()
+    assert_one_line_error(run_cli(*args), "holds a finished run", "--resume", "new --out")
+    assert (out / "result.json").read_text() == before
+    again = run_cli(*args, "--resume")  # the finished run is kept, not retrained
+    assert again.returncode == 0 and "already complete" in again.stdout
+    other = run_cli(*args, "--resume", "--lr", "0.05")
+    assert_one_line_error(other, "different config")
+
+
+def test_out_that_cannot_be_created_is_one_line(tiny_mnist, tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = run_cli(
+        "train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "file" / "r")
+    )
+    assert_one_line_error(proc, "cannot create --out", "file/r")
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "-m", "mnist_dist.train", *args]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_clean_launcher_failure(proc, fragment: str) -> None:
+    """Each rank says it in one line; torchrun adds its own report, our code no traceback."""
+    assert proc.returncode != 0
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("mnist-dist: error:")]
+    assert ours and all(fragment in ln for ln in ours), proc.stderr
+    assert "mnist_dist/" not in proc.stderr, proc.stderr  # no frame of ours in any traceback
+
+
+def test_more_processes_than_training_images_is_one_line(tiny_mnist, tmp_path):
+    proc = torchrun("--train-limit", "1", "--epochs", "1", "--data-dir", str(tiny_mnist),
+                    "--out", str(tmp_path / "r"))  # fmt: skip
+    assert_clean_launcher_failure(proc, "cannot be shared by 2 processes")
+    assert not (tmp_path / "r" / "result.json").exists()
+
+
+def test_resume_with_another_world_size_is_refused(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    args = (
+        "--epochs",
+        "2",
+        "--train-limit",
+        "256",
+        "--data-dir",
+        str(tiny_mnist),
+        "--out",
+        str(out),
+    )
+    assert run_cli("train", *args).returncode == 0
+    (out / "result.json").unlink()  # as if preempted after its last checkpoint
+    proc = torchrun(*args, "--resume")
+    assert_clean_launcher_failure(proc, "written by 1 process(es), this run has 2")
+
+
+def test_two_processes_at_batch_32_train_as_one_at_batch_64(tiny_mnist, tmp_path):
+    """DDP is the same training: rank r takes positions r, r+2, ... of the same permutation,
+    and the gradients are averaged. step2 has no BatchNorm (whose batch statistics are per
+    process); one thread per process; timings excluded."""
+    common = ("--step", "step2", "--epochs", "2", "--train-limit", "500", "--eval-batch-size",
+              "128", "--data-dir", str(tiny_mnist))  # fmt: skip
+    one = run_cli("train", *common, "--batch-size", "64", "--out", str(tmp_path / "one"),
+                  env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = torchrun(*common, "--batch-size", "32", "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr
+    a, b = read(tmp_path / "one" / "result.json"), read(tmp_path / "two" / "result.json")
+    assert (a["world_size"], b["world_size"]) == (1, 2) and a["trial_id"] != b["trial_id"]
+    assert a["threads"] == b["threads"] == 1
+    for ha, hb in zip(a["history"], b["history"], strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert hb[key] == pytest.approx(ha[key], abs=1e-5), (ha["epoch"], key)
+    assert a["history"][0]["train_loss"] != a["history"][1]["train_loss"]  # it trained
 
 
 def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
@@ -132,6 +225,7 @@ def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
         (("--weight-decay", "-1"), ("--weight-decay must be at least 0",)),
         (("--val-split", "100000"), ("--val-split 100000 leaves no training images",)),
         (("--step", "step5", "--scheduler", "step"), ("needs --lr-step and --lr-gamma",)),
+        (("--threads", "x"), ("--threads", "invalid int value")),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, args, fragments):
