@@ -102,6 +102,37 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     return ckpt
 
 
+def headline_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The state_dict of the weights the recipe reports: the EMA of the weights where the
+    config's ``headline`` says "ema", else the trained weights themselves."""
+    if ckpt["config"].get("headline", "model") == "ema" and ckpt.get("ema"):
+        # torch.optim.swa_utils.AveragedModel: the net under "module.", plus "n_averaged"
+        return {k[7:]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    return ckpt["model"]
+
+
+def load_trained(folder: Path):
+    """(TrainConfig, model in eval mode on CPU with its headline weights) of a run folder;
+    a one-line error when the folder holds no checkpoint. For predict, evaluate, export."""
+    import torch
+
+    from .models import build_model
+
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        raise UserError(
+            f"{folder} holds no {CHECKPOINT}: give a run folder written by `mnist-dist train`"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = TrainConfig.from_dict(ckpt["config"], where=str(path))
+    except (RuntimeError, OSError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({type(e).__name__}); retrain the run") from e
+    net = build_model(cfg.step)
+    net.load_state_dict(headline_weights(ckpt))
+    return cfg, net.eval()
+
+
 # ---- one sweep folder -----------------------------------------------------------------
 
 
