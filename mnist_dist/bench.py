@@ -94,6 +94,7 @@ def origin_step(step: str, loader, device, lr: float) -> Step:
 
 def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False):
     """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch)."""
+    cfg = TrainConfig(step=step, channels_last=channels_last).resolve()
     torch.manual_seed(0)
     net = build_model(step)
     if channels_last:
@@ -108,7 +109,7 @@ def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, 
 
     def run() -> int:
         xb, yb = first if fixed else next(batches)
-        train_step(model, opt, accelerator, xb, yb, channels_last, sums)
+        train_step(model, opt, accelerator, xb, yb, cfg, sums)
         return len(yb)
 
     return run

@@ -16,8 +16,24 @@ from typing import Any
 from .errors import UserError
 from .models import MODELS
 
-# Every recipe's base: the origin study's NLL loss, SGD momentum 0.9, StepLR per epoch.
-BASE_RECIPE: dict[str, Any] = dict(scheduler="step", weight_decay=0.0)
+# Every recipe's base: the origin study's NLL loss, SGD momentum 0.9, StepLR per epoch, and
+# its augmentation (rotation +-15 degrees, a 22-px centre crop with p=0.1). A field at its
+# base value reproduces the origin exactly and stays out of the trial id.
+BASE_RECIPE: dict[str, Any] = dict(
+    scheduler="step",
+    weight_decay=0.0,
+    optimizer="sgd",
+    nesterov=False,
+    pct_start=0.3,
+    anneal="cos",
+    label_smoothing=0.0,
+    ema_decay=0.0,
+    headline="model",
+    rotate_deg=15.0,
+    crop_p=0.1,
+    translate=0.0,
+    scale=0.0,
+)
 # Per step, on top of BASE_RECIPE: step1-4 are the origin study's recipes.
 RECIPES: dict[str, dict[str, Any]] = {
     "step1": dict(lr=0.01, lr_step=15, lr_gamma=0.1, batch_size=128, epochs=20),
@@ -31,6 +47,11 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULERS = ("step", "onecycle")
+OPTIMIZERS = ("sgd", "adamw")
+ANNEALS = ("cos", "linear")
+HEADLINES = ("model", "ema")
+TEST_EVALS = ("every", "final", "never")
+ONECYCLE_ONLY = ("pct_start", "anneal", "final_lr")
 TARGET_ACC = 99.4  # percent: the study's goal
 
 
@@ -69,6 +90,29 @@ class TrainConfig:
     eval_batch_size: int = _field(2000, "evaluation batch; speed only, not in the trial id")
     channels_last: bool = _field(True, "NHWC memory format: 36 vs 46 ms/step for step4 on 2 cores")
     compile: bool = _field(False, "torch.compile the model")
+    optimizer: str | None = _field(None, "sgd (momentum, optional Nesterov) or adamw",
+                                   choices=OPTIMIZERS)  # fmt: skip
+    nesterov: bool | None = _field(None, "Nesterov momentum (sgd)")
+    pct_start: float | None = _field(None, "OneCycle: fraction of the steps spent warming up")
+    anneal: str | None = _field(None, "OneCycle: anneal shape", choices=ANNEALS)
+    final_lr: float | None = _field(
+        None, "OneCycle: LR at the last step", unset="the peak / 25 / 10,000 (PyTorch's)"
+    )
+    label_smoothing: float | None = _field(None, "label smoothing of the training loss")
+    ema_decay: float | None = _field(
+        None, "EMA of the weights per step (torch.optim.swa_utils), e.g. 0.999; 0: off"
+    )
+    headline: str | None = _field(
+        None, "weights whose accuracy is the result: model or ema", choices=HEADLINES
+    )
+    rotate_deg: float | None = _field(None, "augmentation: rotation, uniform +-degrees")
+    crop_p: float | None = _field(None, "augmentation: probability of the 22-px centre crop")
+    translate: float | None = _field(None, "augmentation: shift, uniform +-fraction of 28 px")
+    scale: float | None = _field(None, "augmentation: zoom, uniform 1 +- this")
+    test_eval: str = _field(
+        "every", "score the test set every epoch, after the final one only, or never "
+        "(tuning runs: never)", choices=TEST_EVALS,
+    )  # fmt: skip
     # Processes training together. batch_size is per process, so it changes the numbers;
     # set from the launcher (WORLD_SIZE) or the sweep's [resources], never a flag.
     world_size: int = _field(1, "processes training together", cli=False)
@@ -84,8 +128,14 @@ class TrainConfig:
                 "(see `mnist-dist models`)"
             )
         recipe = {**BASE_RECIPE, **RECIPES[self.step]}
-        if self.scheduler == "onecycle":  # StepLR's knobs do not apply
-            recipe = {k: v for k, v in recipe.items() if k not in ("lr_step", "lr_gamma")}
+        scheduler = self.scheduler or recipe["scheduler"]
+        # The other scheduler's knobs do not apply: they stay None.
+        skip = ("lr_step", "lr_gamma") if scheduler == "onecycle" else ONECYCLE_ONLY
+        recipe = {k: v for k, v in recipe.items() if k not in skip}
+        onecycle_set = [k for k in ONECYCLE_ONLY if getattr(self, k) is not None]
+        if onecycle_set and scheduler != "onecycle":
+            flag = "--" + onecycle_set[0].replace("_", "-")
+            raise UserError(f"{flag} sets OneCycle; add --scheduler onecycle or drop it")
         cfg = dataclasses.replace(
             self, **{k: v for k, v in recipe.items() if getattr(self, k) is None}
         )
@@ -110,11 +160,17 @@ class TrainConfig:
             raise UserError(f"--train-limit must be at least 1, got {cfg.train_limit}")
         if cfg.val_split < 0:
             raise UserError(f"--val-split must be at least 0 images, got {cfg.val_split}")
-        if cfg.mixed_precision not in MIXED_PRECISION:
-            raise UserError(
-                f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, "
-                f"got {cfg.mixed_precision!r}"
-            )
+        for name, allowed in (("mixed_precision", MIXED_PRECISION), ("optimizer", OPTIMIZERS),
+                              ("anneal", ANNEALS), ("headline", HEADLINES),
+                              ("test_eval", TEST_EVALS)):  # fmt: skip
+            if getattr(cfg, name) not in allowed and not (
+                name in ONECYCLE_ONLY and cfg.scheduler == "step"
+            ):
+                flag = "--" + name.replace("_", "-")
+                raise UserError(
+                    f"{flag} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}"
+                )
+        _check_ranges(cfg)
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,8 +201,8 @@ class TrainConfig:
             value, base = getattr(cfg, f.name), BASE_RECIPE.get(f.name, f.default)
             if f.name in SPEED_ONLY:
                 value = f.default
-            elif f.name not in V1_FIELDS and value == base:
-                continue
+            elif f.name not in V1_FIELDS and (value == base or value is None):
+                continue  # at its base value, or not applying (another scheduler's knob)
             out[f.name] = value
         return out
 
@@ -163,6 +219,35 @@ class TrainConfig:
         mine, recipe = self.identity(), TrainConfig(step=self.step, seed=self.seed).identity()
         diff = [f"{k}={mine.get(k)}" for k in mine | recipe if mine.get(k) != recipe.get(k)]
         return f"{self.step} ({', '.join(diff)})" if diff else self.step
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Recipe values that make no sense are one-line errors naming the flag."""
+    ranges = dict(  # field: (low, high, closed at high)
+        crop_p=(0.0, 1.0, True),
+        translate=(0.0, 0.5, False),
+        scale=(0.0, 1.0, False),
+        label_smoothing=(0.0, 1.0, False),
+        ema_decay=(0.0, 1.0, False),
+        pct_start=(0.0, 1.0, False),
+    )
+    for name, (low, high, closed) in ranges.items():
+        value = getattr(cfg, name)
+        if value is None:  # pct_start under StepLR: does not apply
+            continue
+        if not (low <= value <= high if closed else low <= value < high):
+            flag = "--" + name.replace("_", "-")
+            raise UserError(
+                f"{flag} must be in [{low}, {high}{']' if closed else ')'}, got {value}"
+            )
+    if cfg.rotate_deg < 0:
+        raise UserError(f"--rotate-deg must be at least 0, got {cfg.rotate_deg}")
+    if cfg.final_lr is not None and not 0 < cfg.final_lr < cfg.lr:
+        raise UserError(f"--final-lr must be above 0 and below --lr ({cfg.lr}), got {cfg.final_lr}")
+    if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum <= 0):
+        raise UserError("--nesterov needs --optimizer sgd and a --momentum above 0")
+    if cfg.headline == "ema" and cfg.ema_decay == 0:
+        raise UserError("--headline ema needs an EMA: set --ema-decay, e.g. 0.999")
 
 
 def digest(data: dict[str, Any]) -> str:

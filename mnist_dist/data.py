@@ -6,9 +6,11 @@ gathered, warped and normalised there: no per-sample PIL work, no DataLoader wor
 
 The origin's train augmentation, per sample: with p=0.1 a centre crop to 22 px resized
 back to 28, then a rotation uniform in +-15 degrees (fill 0), then normalisation. Here
-both warps are composed into one affine map and sampled once (bilinear), so the crop and
-the rotation cost one ``grid_sample`` per batch. The random draws come from a CPU
-generator seeded by (seed, epoch): the same on every device and every world size.
+both warps, and the optional shift and zoom of a recipe (``Augment``), are composed into
+one affine map and sampled once (bilinear): one ``grid_sample`` per batch. The random
+draws come from a CPU generator seeded by (seed, epoch): the same on every device and
+every world size. At the origin's settings the draws and the warp are exactly the origin
+pipeline's of earlier versions, so old runs repeat bit for bit.
 """
 
 from __future__ import annotations
@@ -26,7 +28,22 @@ import torch.nn.functional as F
 from .errors import UserError
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics, on the [0, 1] scale
-CROP_P, CROP_PX, MAX_DEGREES = 0.1, 22, 15.0
+CROP_PX = 22  # the origin's centre crop, resized back to 28
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-sample augmentation strength; the defaults are the origin's."""
+
+    rotate_deg: float = 15.0  # rotation, uniform in +-degrees
+    crop_p: float = 0.1  # probability of the 22-px centre crop (a 28/22 zoom)
+    translate: float = 0.0  # shift, uniform in +-fraction of the image, each axis
+    scale: float = 0.0  # zoom, uniform in 1 +- scale
+
+    @property
+    def off(self) -> bool:
+        return self.rotate_deg == self.crop_p == self.translate == self.scale == 0
+
 
 # The four raw IDX files torchvision reads from <root>/MNIST/raw/, with the official
 # MD5 of each uncompressed file (checked whenever a file has the official size).
@@ -111,30 +128,44 @@ def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
     return (x_uint8.unsqueeze(1).float() / 255.0 - MEAN) / STD
 
 
-def augment(x_uint8: torch.Tensor, degrees: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
-    """Batched origin augmentation: (B, 28, 28) uint8 -> (B, 1, 28, 28) normalised float.
+def augment(x_uint8: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Batched augmentation: (B, 28, 28) uint8 -> (B, 1, 28, 28) normalised float.
 
-    ``degrees`` (B,) rotation angles; ``crop`` (B,) bool, centre-crop 22 px then resize.
+    ``draws`` (each (B,)): ``degrees`` rotation angles, ``crop`` bool (centre-crop 22 px
+    then resize), and optionally ``zoom`` factors and ``shift`` (B, 2) in normalised units.
     """
     x = x_uint8.unsqueeze(1).float() / 255.0
-    rad = degrees * (math.pi / 180.0)
-    # Output -> input map: a 22/28 zoom (crop + resize back) composed with the rotation.
-    scale = torch.where(crop, CROP_PX / 28.0, 1.0)
+    rad = draws["degrees"] * (math.pi / 180.0)
+    # Output -> input map: a 22/28 zoom (crop + resize back), a zoom, the rotation, a shift.
+    scale = torch.where(draws["crop"], CROP_PX / 28.0, 1.0)
+    if "zoom" in draws:
+        scale = scale / draws["zoom"]
     cos, sin = torch.cos(rad) * scale, torch.sin(rad) * scale
     zero = torch.zeros_like(cos)
-    theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(-1, 2, 3)
+    tx, ty = (draws["shift"][:, 0], draws["shift"][:, 1]) if "shift" in draws else (zero, zero)
+    theta = torch.stack([cos, -sin, tx, sin, cos, ty], dim=1).view(-1, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return (x - MEAN) / STD
 
 
-def epoch_plan(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The seeded per-epoch permutation and per-position augmentation draws (on CPU)."""
+def epoch_plan(n: int, seed: int, epoch: int, aug: Augment = Augment()) -> tuple:
+    """The seeded per-epoch permutation and per-position augmentation draws (on CPU).
+
+    The origin's draws come first, in their old order, so they stay the same whatever the
+    recipe adds after them.
+    """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(n, generator=g)
-    degrees = (torch.rand(n, generator=g) * 2 - 1) * MAX_DEGREES
-    crop = torch.rand(n, generator=g) < CROP_P
-    return perm, degrees, crop
+    draws = dict(
+        degrees=(torch.rand(n, generator=g) * 2 - 1) * aug.rotate_deg,
+        crop=torch.rand(n, generator=g) < aug.crop_p,
+    )
+    if aug.translate:  # normalised units: the image spans 2, so a fraction f is 2f
+        draws["shift"] = (torch.rand(n, 2, generator=g) * 2 - 1) * (2 * aug.translate)
+    if aug.scale:
+        draws["zoom"] = 1 + (torch.rand(n, generator=g) * 2 - 1) * aug.scale
+    return perm, draws
 
 
 class TrainBatches:
@@ -144,22 +175,28 @@ class TrainBatches:
     so every process runs the same number of steps. The last batch may be short.
     """
 
-    def __init__(self, x, y, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, x, y, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 aug: Augment = Augment()):  # fmt: skip
         self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.aug = rank, world, aug
         self.per_rank = len(x) // world
 
     def __len__(self) -> int:
         return math.ceil(self.per_rank / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        perm, degrees, crop = epoch_plan(len(self.x), self.seed, epoch)
+        perm, draws = epoch_plan(len(self.x), self.seed, epoch, self.aug)
         take = slice(self.rank, self.per_rank * self.world, self.world)
         dev = self.x.device
-        idx, degrees, crop = (t[take].to(dev, non_blocking=True) for t in (perm, degrees, crop))
+        idx = perm[take].to(dev, non_blocking=True)
+        draws = {k: v[take].to(dev, non_blocking=True) for k, v in draws.items()}
         for i in range(0, self.per_rank, self.batch_size):
             j = slice(i, i + self.batch_size)
-            yield augment(self.x[idx[j]], degrees[j], crop[j]), self.y[idx[j]]
+            xb = self.x[idx[j]]
+            if self.aug.off:  # no warp at all: the images as they are
+                yield normalize(xb), self.y[idx[j]]
+            else:
+                yield augment(xb, {k: v[j] for k, v in draws.items()}), self.y[idx[j]]
 
 
 def eval_batches(x, y, batch_size: int, rank: int = 0, world: int = 1):

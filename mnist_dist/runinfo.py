@@ -104,11 +104,20 @@ def make_result(
 ) -> dict[str, Any]:
     """The result.json dict: pure, from the config, the per-epoch history and the run facts.
 
-    The headline is the final epoch's test accuracy; the best epoch is picked on the test
-    set, so it is kept for comparison only.
+    The headline is the final epoch's test accuracy, of the weights the recipe names
+    (``headline``: the model, or its EMA); the best epoch is picked on the test set, so it
+    is kept for comparison only. A run that never scored the test set (``test_eval``
+    never: tuning) has None there, and its validation figures only.
     """
-    accs = [h["test_acc"] for h in history]
-    best = max(range(len(accs)), key=accs.__getitem__)
+    tested = [h for h in history if "test_acc" in h]  # every epoch, the last, or none
+    best = max(tested, key=lambda h: h["test_acc"]) if tested else {}
+    last = history[-1]
+    finals = {  # with an EMA, both sets of weights; test_acc/val_acc are the headline's
+        f"final_{w}_{s}_acc": last.get(f"{w}_{s}_acc")
+        for w in ("model", "ema")
+        for s in ("test", "val")
+        if cfg.ema_decay
+    }
     return dict(
         step=cfg.step,
         seed=cfg.seed,
@@ -121,11 +130,15 @@ def make_result(
         val_images=cfg.val_split,
         test_images=n_test,
         history=history,
-        final_test_acc=accs[-1],
-        final_val_acc=history[-1].get("val_acc"),
-        best_test_acc=accs[best],
-        best_epoch=best + 1,
-        first_epoch_at_target=next((i + 1 for i, a in enumerate(accs) if a >= TARGET_ACC), None),
+        headline=cfg.headline,
+        final_test_acc=last.get("test_acc"),
+        final_val_acc=last.get("val_acc"),
+        **finals,
+        best_test_acc=best.get("test_acc"),
+        best_epoch=best.get("epoch"),
+        first_epoch_at_target=next(
+            (h["epoch"] for h in tested if h["test_acc"] >= TARGET_ACC), None
+        ),
         wall_seconds=wall_seconds,
         train_seconds=sum(h["seconds"] for h in history),
         trial_id=cfg.trial_id(),

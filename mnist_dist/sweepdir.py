@@ -33,7 +33,8 @@ LIVE_STATES = {  # squeue state -> our state
     **dict.fromkeys(["REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"], "pending"),
     **dict.fromkeys(["RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"], "running"),
 }
-REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float), "config": dict}
+# final_test_acc is None for a tuning run that never scored the test set (test_eval never)
+REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float, type(None)), "config": dict}
 
 
 # ---- one run folder -------------------------------------------------------------------
@@ -100,6 +101,53 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     if saved.identity() != cfg.identity():
         raise UserError(f"{path} was written by a different config; use a new --out to start over")
     return ckpt
+
+
+def checkpoint_state(net, optimizer, scheduler, accelerator, history, cfg, wall, ema=None):
+    """Everything a resumed run needs to continue exactly: one file, see save_checkpoint.
+
+    The data order and augmentation are seeded per (seed, epoch) and need no state; the
+    global RNG (dropout, if a model has it) and fp16's GradScaler do.
+    """
+    import torch
+
+    scaler = getattr(accelerator, "scaler", None)
+    return dict(
+        epoch=len(history),
+        model=net.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else None,
+        ema=ema.state_dict() if ema is not None else None,  # AveragedModel, with n_averaged
+        rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        history=history,
+        config=cfg.to_dict(),
+        world_size=cfg.world_size,
+        wall_seconds=wall,
+    )
+
+
+def restore(ckpt, net, optimizer, scheduler, accelerator, out: Path, ema=None):
+    """Load a checkpoint into the fresh objects; (history so far, wall seconds so far)."""
+    import torch
+
+    if not ckpt:
+        return [], 0.0
+    net.load_state_dict(ckpt["model"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    if ckpt.get("rng") is not None:
+        torch.set_rng_state(ckpt["rng"])
+    if ckpt.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    accelerator.print(f"resuming {out} after epoch {ckpt['epoch']}")
+    return ckpt["history"], float(ckpt.get("wall_seconds", 0.0))
 
 
 def headline_weights(ckpt: dict[str, Any]) -> dict[str, Any]:

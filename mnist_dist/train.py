@@ -22,12 +22,21 @@ import torch.nn.functional as F
 
 from .cli_train import parse_args
 from .config import Runtime, TrainConfig
-from .data import TrainBatches, eval_batches, load_mnist
+from .data import Augment, TrainBatches, eval_batches, load_mnist
 from .errors import UserError, cli_errors
 from .fsio import write_json
 from .models import build_model, count_params
 from .runinfo import cpu_threads, git_commit, make_result, run_env
-from .sweepdir import CHECKPOINT, CONFIG, RESULT, load_checkpoint, result_config, save_checkpoint
+from .sweepdir import (
+    CHECKPOINT,
+    CONFIG,
+    RESULT,
+    checkpoint_state,
+    load_checkpoint,
+    restore,
+    result_config,
+    save_checkpoint,
+)
 from .tracking import Tracker
 
 PROGRESS_EVERY_S = 30.0  # non-TTY output (SLURM logs): a progress line this often, seconds
@@ -48,8 +57,10 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
     data, val, batches = load_data(cfg, rt, accelerator)
     net = build_net(cfg)
     optimizer, scheduler, per_batch = build_optim(net, cfg, len(batches))
-    history, wall_before = restore(ckpt, net, optimizer, scheduler, accelerator, out)
-    model, optimizer = accelerator.prepare(net.to(accelerator.device), optimizer)
+    net = net.to(accelerator.device)
+    ema = make_ema(net, cfg)
+    history, wall_before = restore(ckpt, net, optimizer, scheduler, accelerator, out, ema)
+    model, optimizer = accelerator.prepare(net, optimizer)
     if cfg.compile:
         model = compile_model(model, accelerator.device)
     tracker = Tracker.start(accelerator, cfg, rt, out)
@@ -61,21 +72,18 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
         f"{cfg.mixed_precision}, {torch.get_num_threads()} threads"
     )
     for epoch in range(len(history), cfg.epochs):
-        sched = (scheduler, per_batch)
+        sched = (scheduler, per_batch, ema)
         train_row = run_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator)
         t_eval = time.perf_counter()
-        test_loss, test_acc, n_test = evaluate(model, data.test_x, data.test_y, cfg, accelerator)
-        scores = dict(test_loss=test_loss, test_acc=test_acc)
-        if val:  # the tuning signal: the test figures are only ever reported
-            scores["val_loss"], scores["val_acc"], _ = evaluate(model, *val, cfg, accelerator)
+        scores = score(model, ema, data, val, cfg, accelerator, last=epoch + 1 == cfg.epochs)
         row = dict(epoch=epoch + 1, **train_row, **scores)
         row["eval_seconds"] = time.perf_counter() - t_eval  # not in `seconds`: training only
         history.append(row)
         accelerator.print(epoch_line(row, cfg), flush=True)  # flush: SLURM logs are files
         if accelerator.is_main_process:  # before W&B hears of the epoch: see Tracker.catch_up
             wall = wall_before + time.perf_counter() - t_start
-            state = checkpoint_state(net, optimizer, scheduler, accelerator, history, cfg, wall)
-            save_checkpoint(out / CHECKPOINT, state)
+            state = (net, optimizer, scheduler, accelerator, history, cfg, wall, ema)
+            save_checkpoint(out / CHECKPOINT, checkpoint_state(*state))
         tracker.log(row)
         accelerator.wait_for_everyone()
     probe.remove()
@@ -84,13 +92,15 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
         history,
         params=count_params(net),
         n_train=len(batches.x),
-        n_test=n_test,
+        n_test=len(data.test_x) if cfg.test_eval != "never" else 0,
         wall_seconds=wall_before + time.perf_counter() - t_start,
         run=dict(run_env(accelerator, rt), compute_dtype=probe.dtype, git_commit=commit),
     )
     if accelerator.is_main_process:  # local results first: W&B may be slow or broken
         write_json(out / RESULT, result)
-        accelerator.print(f"final test accuracy {result['final_test_acc']:.2f}%  -> {out / RESULT}")
+        final = result["final_test_acc"] if cfg.test_eval != "never" else result["final_val_acc"]
+        what = "test" if cfg.test_eval != "never" else "validation"
+        accelerator.print(f"final {what} accuracy {final:.2f}%  -> {out / RESULT}")
     tracker.finish(result)
     accelerator.end_training()
     return result
@@ -157,8 +167,9 @@ def load_data(cfg: TrainConfig, rt: Runtime, accelerator):
         )
     val = (data.train_x[n_fit:], data.train_y[n_fit:]) if cfg.val_split else None
     rank, world = accelerator.process_index, accelerator.num_processes
+    aug = Augment(cfg.rotate_deg, cfg.crop_p, cfg.translate, cfg.scale)
     batches = TrainBatches(
-        data.train_x[:end], data.train_y[:end], cfg.batch_size, cfg.seed, rank, world
+        data.train_x[:end], data.train_y[:end], cfg.batch_size, cfg.seed, rank, world, aug
     )
     return data, val, batches
 
@@ -172,20 +183,36 @@ def build_net(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def build_optim(net, cfg: TrainConfig, steps_per_epoch: int):
-    """(optimizer, scheduler, per_batch): SGD with momentum; StepLR per epoch or OneCycle
-    per batch. Stepped by us, not prepared by Accelerate: a prepared scheduler steps once
-    per process per call. OneCycle peaks at cfg.lr after 30% of the steps (PyTorch's
-    defaults otherwise), with cfg.momentum held fixed."""
-    optimizer = torch.optim.SGD(
-        net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    """(optimizer, scheduler, per_batch): SGD with momentum (optionally Nesterov) or AdamW;
+    StepLR per epoch or OneCycle per batch. Stepped by us, not prepared by Accelerate: a
+    prepared scheduler steps once per process per call. OneCycle peaks at cfg.lr after
+    ``pct_start`` of the steps and ends at ``final_lr`` (PyTorch's peak/25/1e4 if unset),
+    with the momentum held fixed."""
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            nesterov=cfg.nesterov,
+        )  # fmt: skip
     if cfg.scheduler == "onecycle":
-        total = cfg.epochs * steps_per_epoch
+        extra = {"final_div_factor": cfg.lr / 25 / cfg.final_lr} if cfg.final_lr else {}
         sched = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, cfg.lr, total_steps=total, cycle_momentum=False
-        )
+            optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start,
+            anneal_strategy=cfg.anneal, cycle_momentum=False, **extra,
+        )  # fmt: skip
         return optimizer, sched, True
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma), False
+
+
+def make_ema(net, cfg: TrainConfig):
+    """An exponential moving average of the weights, BatchNorm statistics included
+    (``use_buffers``), updated after every optimizer step; None when the recipe has none."""
+    if not cfg.ema_decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
 
 
 def compile_model(model, device: torch.device):
@@ -211,61 +238,18 @@ class DtypeProbe:
         self.hook.remove()
 
 
-# ---- checkpoint -----------------------------------------------------------------------
-
-
-def checkpoint_state(net, optimizer, scheduler, accelerator, history, cfg, wall) -> dict:
-    """Everything a resumed run needs to continue exactly: one file, see save_checkpoint.
-
-    The data order and augmentation are seeded per (seed, epoch) and need no state; the
-    global RNG (dropout, if a model has it) and fp16's GradScaler do.
-    """
-    scaler = getattr(accelerator, "scaler", None)
-    return dict(
-        epoch=len(history),
-        model=net.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        scaler=scaler.state_dict() if scaler is not None else None,
-        rng=torch.get_rng_state(),
-        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        history=history,
-        config=cfg.to_dict(),
-        world_size=cfg.world_size,
-        wall_seconds=wall,
-    )
-
-
-def restore(ckpt, net, optimizer, scheduler, accelerator, out: Path) -> tuple[list, float]:
-    """Load a checkpoint into the fresh objects; (history so far, wall seconds so far)."""
-    if not ckpt:
-        return [], 0.0
-    net.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if ckpt.get("rng") is not None:
-        torch.set_rng_state(ckpt["rng"])
-    if ckpt.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    accelerator.print(f"resuming {out} after epoch {ckpt['epoch']}")
-    return ckpt["history"], float(ckpt.get("wall_seconds", 0.0))
-
-
 # ---- one epoch ------------------------------------------------------------------------
 
 
 def run_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator) -> dict:
     """Train one epoch; the row's training half (loss, accuracy, lr, seconds, img/s).
 
-    ``sched`` is (scheduler, per_batch). On a terminal a tqdm bar shows progress; into a
-    file (SLURM, nohup) a line every PROGRESS_EVERY_S seconds does.
+    ``sched`` is (scheduler, per_batch, ema or None). On a terminal a tqdm bar shows
+    progress; into a file (SLURM, nohup) a line every PROGRESS_EVERY_S seconds does.
     """
     from tqdm.auto import tqdm
 
-    scheduler, per_batch = sched
+    scheduler, per_batch, ema = sched
     main, device = accelerator.is_main_process, accelerator.device
     model.train()
     lr = optimizer.param_groups[0]["lr"]
@@ -281,7 +265,9 @@ def run_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator) -> 
     )
     last_line = t0
     for i, (xb, yb) in enumerate(bar, 1):
-        train_step(model, optimizer, accelerator, xb, yb, cfg.channels_last, sums)
+        train_step(model, optimizer, accelerator, xb, yb, cfg, sums)
+        if ema is not None:
+            ema.update_parameters(accelerator.unwrap_model(model))
         seen += len(yb)
         if per_batch:
             scheduler.step()
@@ -307,20 +293,43 @@ def run_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator) -> 
     )
 
 
-def train_step(model, optimizer, accelerator, xb, yb, channels_last: bool, sums) -> None:
+def train_step(model, optimizer, accelerator, xb, yb, cfg: TrainConfig, sums) -> None:
     """One optimizer step; adds (loss * batch, correct) into ``sums`` (2,) on the device.
 
     The hot loop's whole body, shared with ``mnist-dist bench``: no host sync in here.
+    The models return log-probabilities: NLL is their cross-entropy, and with label
+    smoothing cross_entropy's own log_softmax leaves log-probabilities unchanged.
     """
-    if channels_last:
+    if cfg.channels_last:
         xb = xb.contiguous(memory_format=torch.channels_last)
     logp = model(xb)
-    loss = F.nll_loss(logp, yb)
+    if cfg.label_smoothing:
+        loss = F.cross_entropy(logp, yb, label_smoothing=cfg.label_smoothing)
+    else:
+        loss = F.nll_loss(logp, yb)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     optimizer.step()
     sums[0] += loss.detach().float() * len(yb)
     sums[1] += (logp.argmax(1) == yb).sum()
+
+
+def score(model, ema, data, val, cfg: TrainConfig, accelerator, last: bool) -> dict:
+    """This epoch's test (per ``test_eval``) and validation scores. ``test_*``/``val_*`` are
+    the headline weights'; with an EMA, ``model_*`` and ``ema_*`` give both."""
+    sets = [("val", *val)] if val else []  # the tuning signal; test figures are only reported
+    if cfg.test_eval == "every" or (cfg.test_eval == "final" and last):
+        sets.insert(0, ("test", data.test_x, data.test_y))
+    weights = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
+    row: dict[str, float] = {}
+    for name, x, y in sets:
+        for which, net in weights:
+            loss, acc, _ = evaluate(net, x, y, cfg, accelerator)
+            if ema is not None:
+                row[f"{which}_{name}_loss"], row[f"{which}_{name}_acc"] = loss, acc
+            if which == cfg.headline:
+                row[f"{name}_loss"], row[f"{name}_acc"] = loss, acc
+    return row
 
 
 @torch.no_grad()
@@ -330,7 +339,8 @@ def evaluate(model, x, y, cfg: TrainConfig, accelerator) -> tuple[float, float, 
     sums = torch.zeros(3, device=accelerator.device)
     rank, world = accelerator.process_index, accelerator.num_processes
     for xb, yb in eval_batches(x, y, cfg.eval_batch_size, rank, world):
-        logp = model(xb).float()
+        with accelerator.autocast():  # the EMA copy is not prepared: same dtype as the model
+            logp = model(xb).float()
         sums += torch.stack(
             [
                 F.nll_loss(logp, yb, reduction="sum"),
@@ -343,12 +353,17 @@ def evaluate(model, x, y, cfg: TrainConfig, accelerator) -> tuple[float, float, 
 
 
 def epoch_line(row: dict[str, Any], cfg: TrainConfig) -> str:
+    test = (
+        f"test loss {row['test_loss']:.4f} acc {row['test_acc']:.2f}%  "
+        if "test_acc" in row
+        else ""
+    )
     val = f"val acc {row['val_acc']:.2f}%  " if "val_acc" in row else ""
+    ema = f"({cfg.headline} weights)  " if cfg.ema_decay else ""
     return (
         f"epoch {row['epoch']:2d}/{cfg.epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_acc']:.2f}%  test loss {row['test_loss']:.4f} acc "
-        f"{row['test_acc']:.2f}%  {val}lr {row['lr']:.4g}  {row['seconds']:.1f}s  "
-        f"{row['images_per_s']:,.0f} img/s"
+        f"acc {row['train_acc']:.2f}%  {test}{val}{ema}lr {row['lr']:.4g}  "
+        f"{row['seconds']:.1f}s  {row['images_per_s']:,.0f} img/s"
     )
 
 

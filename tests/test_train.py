@@ -89,8 +89,23 @@ def test_torchrun_two_processes_share_the_work(real_mnist, tmp_path):
         ("--lr-step", "1"),
         # OneCycle steps per batch and ends at ~0: a lost or repeated step shows.
         ("--scheduler", "onecycle", "--lr", "0.05", "--val-split", "256"),
+        # The EMA's state (and AdamW's moments) must carry over too.
+        (
+            "--ema-decay",
+            "0.9",
+            "--headline",
+            "ema",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.003",
+            "--val-split",
+            "256",
+            "--translate",
+            "0.1",
+        ),
     ],
-    ids=["steplr", "onecycle-val-split"],
+    ids=["steplr", "onecycle-val-split", "ema-adamw"],
 )
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, recipe):
     data = make_tiny_mnist(tmp_path / "data", n_train=2048, n_test=256)
@@ -116,11 +131,116 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, recipe):
     a, b = read(full / "result.json"), read(part / "result.json")
     keys = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
     keys += ["val_loss", "val_acc"] if "--val-split" in recipe else []
+    keys += ["model_test_acc", "ema_test_acc", "ema_val_loss"] if "--ema-decay" in recipe else []
     assert [[h[k] for k in keys] for h in a["history"]] == [
         [h[k] for k in keys] for h in b["history"]
     ]
     # wall time carries across the resume, as training time does
     assert b["wall_seconds"] >= b["train_seconds"] == sum(h["seconds"] for h in b["history"])
+
+
+def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, tmp_path):
+    out = tmp_path / "run"
+    ema = ("--ema-decay", "0.5", "--headline", "ema", "--val-split", "64")
+    proc = run_cli("train", *SMOKE, "--epochs", "2", *ema, "--data-dir", str(tiny_mnist),
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = read(out / "result.json")
+    last = r["history"][-1]
+    assert r["headline"] == "ema" and last["test_acc"] == last["ema_test_acc"]
+    assert r["final_test_acc"] == r["final_ema_test_acc"] == last["ema_test_acc"]
+    assert r["final_model_test_acc"] == last["model_test_acc"]
+    assert r["final_val_acc"] == r["final_ema_val_acc"]
+    assert last["ema_test_loss"] != last["model_test_loss"]  # two different sets of weights
+    import torch
+
+    from mnist_dist.sweepdir import headline_weights
+
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["ema"] and set(headline_weights(ckpt)) == set(ckpt["model"])
+    assert not torch.equal(headline_weights(ckpt)["0.weight"], ckpt["model"]["0.weight"])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.01"),
+        ("--nesterov", "--momentum", "0.95"),
+        (
+            "--scheduler",
+            "onecycle",
+            "--lr",
+            "0.05",
+            "--pct-start",
+            "0.2",
+            "--anneal",
+            "linear",
+            "--final-lr",
+            "0.0001",
+        ),
+        (
+            "--label-smoothing",
+            "0.1",
+            "--rotate-deg",
+            "7",
+            "--crop-p",
+            "0",
+            "--translate",
+            "0.1",
+            "--scale",
+            "0.1",
+        ),
+        ("--rotate-deg", "0", "--crop-p", "0"),
+    ],
+    ids=["adamw", "nesterov", "onecycle-shape", "smoothing-augment", "no-augment"],
+)
+def test_recipe_fields_train_and_enter_the_trial_id(tiny_mnist, tmp_path, flags):
+    out = tmp_path / "run"
+    proc = run_cli("train", *SMOKE, *flags, "--data-dir", str(tiny_mnist), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    r = read(out / "result.json")
+    from mnist_dist.config import TrainConfig
+
+    assert r["trial_id"] != TrainConfig(step="step4", epochs=1, train_limit=256).trial_id()
+    assert r["trial_id"] == TrainConfig.from_dict(r["config"]).trial_id()
+    assert 0 <= r["final_test_acc"] <= 100
+
+
+def test_onecycle_warms_up_for_pct_start_and_ends_at_the_final_lr():
+    import torch
+
+    from mnist_dist.config import TrainConfig
+    from mnist_dist.train import build_optim
+
+    cfg = TrainConfig(step="step5", epochs=4, lr=0.05, final_lr=0.001, pct_start=0.25,
+                      anneal="linear").resolve()  # fmt: skip
+    net = torch.nn.Linear(2, 2)
+    optimizer, scheduler, per_batch = build_optim(net, cfg, steps_per_epoch=25)
+    lrs = []
+    for _ in range(100):  # the last batch's LR is the schedule's last
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert per_batch and max(lrs) == pytest.approx(0.05) and lrs.index(max(lrs)) == 24
+    assert lrs[0] == pytest.approx(0.05 / 25) and lrs[-1] == pytest.approx(0.001)
+    assert lrs[62] == pytest.approx((0.05 + 0.001) / 2, rel=0.02)  # linear, halfway down
+
+
+@pytest.mark.parametrize("mode", ["never", "final"])
+def test_tuning_runs_never_score_the_test_set(tiny_mnist, tmp_path, mode):
+    out = tmp_path / "run"
+    proc = run_cli("train", *SMOKE, "--epochs", "2", "--val-split", "64", "--test-eval", mode,
+                   "--data-dir", str(tiny_mnist), "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = read(out / "result.json")
+    assert all("val_acc" in h for h in r["history"])
+    assert "test_acc" not in r["history"][0]
+    if mode == "never":
+        assert r["final_test_acc"] is None and r["test_images"] == 0
+        assert not any(k.startswith("test") for h in r["history"] for k in h)
+        assert "final validation accuracy" in proc.stdout
+    else:
+        assert r["final_test_acc"] == r["history"][-1]["test_acc"] and r["test_images"] == 256
 
 
 def test_a_fresh_run_never_overwrites_a_finished_one(tiny_mnist, tmp_path):
@@ -226,6 +346,12 @@ def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
         (("--val-split", "100000"), ("--val-split 100000 leaves no training images",)),
         (("--step", "step5", "--scheduler", "step"), ("needs --lr-step and --lr-gamma",)),
         (("--threads", "x"), ("--threads", "invalid int value")),
+        (("--pct-start", "0.2"), ("--pct-start sets OneCycle",)),
+        (("--headline", "ema"), ("--headline ema needs an EMA", "--ema-decay")),
+        (("--nesterov", "--optimizer", "adamw"), ("--nesterov needs --optimizer sgd",)),
+        (("--crop-p", "1.5"), ("--crop-p must be in [0.0, 1.0]",)),
+        (("--optimizer", "lion"), ("--optimizer", "invalid choice")),
+        (("--scheduler", "onecycle", "--lr", "0.05", "--final-lr", "0.1"), ("--final-lr",)),
     ],
 )
 def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, args, fragments):
