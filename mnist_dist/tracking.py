@@ -1,4 +1,4 @@
-"""W&B tracking through Accelerate's tracker, on the main process, never fatal.
+"""W&B tracking, on the main process, never fatal.
 
 group = the run's config group, so W&B's grouped charts average the seeds of one config
 and nothing else: a sweep's trials get ``<sweep>/<label>`` (``--wandb-group``), a single
@@ -101,51 +101,51 @@ def init_kwargs(cfg: TrainConfig, rt: Runtime, out: Path, run_id: str) -> dict[s
 
 
 class Tracker:
-    """Thin, failure-proof wrapper over ``accelerator.log``; a no-op when W&B is off."""
+    """One W&B run of one trial, failure-proof; a no-op when W&B is off.
 
-    def __init__(self, accelerator=None, out: Path | None = None, state: dict | None = None):
-        self.accelerator, self.out, self.state = accelerator, out, state
+    ``wandb.init(reinit="create_new")``: a seed pack (``train --seeds``) holds one run per
+    seed in one process.
+    """
 
-    @staticmethod
-    def log_with(rt: Runtime) -> str | None:
-        return None if rt.wandb == "off" else "wandb"
+    def __init__(self, run=None, out: Path | None = None, state: dict | None = None):
+        self.run, self.out, self.state = run, out, state
 
     @classmethod
-    def start(cls, accelerator, cfg: TrainConfig, rt: Runtime, out: Path) -> Tracker:
-        if rt.wandb == "off" or not accelerator.is_main_process:
+    def start(cls, cfg: TrainConfig, rt: Runtime, out: Path, main: bool = True) -> Tracker:
+        if rt.wandb == "off" or not main:
             return cls(None)
         try:
             # Without a key, wandb.init would prompt on a terminal: check first, never wait.
             if rt.wandb == "online" and not has_credentials():
                 warn("W&B online mode has no API key (run `wandb login`); tracking is off")
                 return cls(None)
+            import wandb
+
             state = wandb_state(out, rt.resume)
-            kwargs = init_kwargs(cfg, rt, out, state["run_id"])
             config = dict(cfg.to_dict(), trial_id=cfg.trial_id(), config_hash=cfg.config_hash())
-            accelerator.init_trackers(rt.wandb_project, config, {"wandb": kwargs})
-            return cls(accelerator, out, state)
+            kwargs = init_kwargs(cfg, rt, out, state["run_id"])
+            run = wandb.init(project=rt.wandb_project, config=config, reinit="create_new", **kwargs)
+            return cls(run, out, state)
         except Exception as e:  # W&B must never stop training
             warn(f"W&B could not start ({type(e).__name__}: {e}); tracking is off")
-            drop_wandb(accelerator)
             return cls(None)
 
     def _call(self, what: str, fn) -> None:
-        if self.accelerator is None:
+        if self.run is None:
             return
         try:
             fn()
         except Exception as e:
             warn(f"W&B {what} failed ({type(e).__name__}: {e}); tracking is off")
-            drop_wandb(self.accelerator)
-            self.accelerator = None
+            self.run = None
 
     def log(self, row: dict[str, Any]) -> None:
         """Log one epoch, then record that W&B has it (a crash in between re-sends it, and
         W&B drops a step it already has)."""
-        if self.accelerator is None or row["epoch"] <= self.state["logged_epoch"]:
+        if self.run is None or row["epoch"] <= self.state["logged_epoch"]:
             return
-        self._call("log", lambda: self.accelerator.log(row, step=row["epoch"]))
-        if self.accelerator is not None:
+        self._call("log", lambda: self.run.log(row, step=row["epoch"]))
+        if self.run is not None:
             self.state["logged_epoch"] = row["epoch"]
             write_json(self.out / WANDB_STATE, self.state)
 
@@ -156,19 +156,8 @@ class Tracker:
 
     def finish(self, result: dict[str, Any]) -> None:
         """Write the summary and close the run, waiting at most FINISH_TIMEOUT_S."""
-        if self.accelerator is None:
-            return
-        accelerator = self.accelerator
-
-        def update():
-            run = accelerator.get_tracker("wandb", unwrap=True)
-            run.summary.update({k: result[k] for k in SUMMARY_KEYS})
-
-        self._call("summary", update)
-        run = accelerator.get_tracker("wandb", unwrap=True) if self.accelerator else None
-        # Accelerate's end_training would finish the run again, unbounded: we own it now.
-        drop_wandb(accelerator)
-        self.accelerator = None
+        self._call("summary", lambda: self.run.summary.update({k: result[k] for k in SUMMARY_KEYS}))
+        run, self.run = self.run, None
         if run is None:
             return
         done = threading.Event()
@@ -186,8 +175,3 @@ class Tracker:
                 f"W&B did not finish within {FINISH_TIMEOUT_S} s; local results are written, "
                 "sync the run later with `wandb sync`"
             )
-
-
-def drop_wandb(accelerator) -> None:
-    """Forget Accelerate's W&B tracker so that end_training never touches a broken run."""
-    accelerator.trackers = [t for t in accelerator.trackers if t.name != "wandb"]

@@ -63,7 +63,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
     model, optimizer = accelerator.prepare(net, optimizer)
     if cfg.compile:
         model = compile_model(model, accelerator.device)
-    tracker = Tracker.start(accelerator, cfg, rt, out)
+    tracker = Tracker.start(cfg, rt, out, accelerator.is_main_process)
     tracker.catch_up(history)  # epochs saved before a preemption that W&B never received
     probe = DtypeProbe(net)
     accelerator.print(
@@ -140,9 +140,7 @@ def make_accelerator(cfg: TrainConfig, rt: Runtime):
         raise UserError("--mixed-precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
     # cpu=True is also what makes Accelerate see torchrun's processes as MULTI_CPU (gloo).
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision,
-        cpu=rt.cpu or not torch.cuda.is_available(),
-        log_with=Tracker.log_with(rt),
+        mixed_precision=cfg.mixed_precision, cpu=rt.cpu or not torch.cuda.is_available()
     )
     if accelerator.num_processes != cfg.world_size:
         raise UserError(

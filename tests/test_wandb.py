@@ -69,8 +69,10 @@ def read_offline_run(run_dir: Path) -> dict:
     out = dict(config={}, summary={}, history=[])
     for rec in wandb_records(log):
         kind = rec.WhichOneof("record_type")
-        if kind == "run":
+        if kind == "run":  # wandb.init(config=...) sends the config with the run record
             out["run"] = rec.run
+            for u in rec.run.config.update:
+                _put(out["config"], u)
         elif kind == "config":
             for u in rec.config.update:
                 _put(out["config"], u)
