@@ -13,10 +13,11 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import typing
 
 from .config import Runtime, TrainConfig
-from .errors import ArgumentParser
+from .errors import ArgumentParser, UserError
 
 RECIPE = "the step's recipe"
 
@@ -63,6 +64,8 @@ def build_parser(prog: str = "mnist-dist train") -> argparse.ArgumentParser:
     add("--wandb-group", help="W&B group (default: the config's label, e.g. step4)")
     add("--no-progress", dest="progress", action="store_false", help="no progress output")
     add("--print-config", action="store_true", help="print the resolved config and exit")
+    add("--seeds", metavar="LIST", help="train these seeds at once, packed as one grouped "
+        "network (0-7 or 0,3,5); --out is then their parent folder (default: runs)")  # fmt: skip
     return p
 
 
@@ -81,4 +84,21 @@ def parse_args(argv: list[str] | None, prog: str = "mnist-dist train"):
     if args.pop("print_config"):
         print(json.dumps(cfg.resolve().to_dict(), indent=2))
         raise SystemExit(0)
-    return cfg, Runtime(**{k: v for k, v in args.items() if k not in cfg_keys})
+    if args["seeds"] is not None:
+        if any(a == "--seed" or a.startswith("--seed=") for a in argv or sys.argv[1:]):
+            raise UserError("give --seed N or --seeds LIST, not both")
+        args["seeds"] = parse_seeds(args["seeds"])
+    rt = Runtime(**{k: v for k, v in args.items() if k not in cfg_keys})
+    rt.float64 = os.environ.get("MNIST_DIST_TEST_FLOAT64") == "1"  # equivalence tests only
+    return cfg, rt
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-7``, ``0,3,5`` or ``0-3,9`` -> sorted distinct seeds; a one-line error otherwise."""
+    seeds: set[int] = set()
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
+            raise UserError(f"--seeds {text!r}: give seeds like 0-7 or 0,3,5")
+        seeds.update(range(int(lo), int(hi if dash else lo) + 1))
+    return sorted(seeds)

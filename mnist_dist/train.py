@@ -55,7 +55,7 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
     if accelerator.is_main_process:
         write_json(out / CONFIG, cfg.to_dict())
     data, val, batches = load_data(cfg, rt, accelerator)
-    net = build_net(cfg)
+    net = build_net(cfg, rt.float64)
     optimizer, scheduler, per_batch = build_optim(net, cfg, len(batches))
     net = net.to(accelerator.device)
     ema = make_ema(net, cfg)
@@ -150,10 +150,12 @@ def make_accelerator(cfg: TrainConfig, rt: Runtime):
     return accelerator
 
 
-def load_data(cfg: TrainConfig, rt: Runtime, accelerator):
-    """(data on the device, the held-out (x, y) or None, this process's TrainBatches)."""
-    with accelerator.main_process_first():  # only rank 0 may download
-        data = load_mnist(rt.data_dir, rt.download).to(accelerator.device)
+def load_data(cfg: TrainConfig, rt: Runtime, accelerator, data=None):
+    """(data on the device, the held-out (x, y) or None, this process's TrainBatches);
+    ``data``: already loaded (a seed pack loads once for all its seeds)."""
+    if data is None:
+        with accelerator.main_process_first():  # only rank 0 may download
+            data = load_mnist(rt.data_dir, rt.download).to(accelerator.device)
     n_fit = len(data.train_x) - cfg.val_split  # the held-out tail is never trained on
     if n_fit < 1:
         raise UserError(f"--val-split {cfg.val_split} leaves no training images; use fewer")
@@ -172,11 +174,11 @@ def load_data(cfg: TrainConfig, rt: Runtime, accelerator):
     return data, val, batches
 
 
-def build_net(cfg: TrainConfig) -> torch.nn.Module:
+def build_net(cfg: TrainConfig, float64: bool = False) -> torch.nn.Module:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)  # before building the model: the init depends on it
-    net = build_model(cfg.step)
+    net = build_model(cfg.step).double() if float64 else build_model(cfg.step)
     return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
 
 
@@ -251,7 +253,9 @@ def run_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator) -> 
     main, device = accelerator.is_main_process, accelerator.device
     model.train()
     lr = optimizer.param_groups[0]["lr"]
-    sums = torch.zeros(2, device=device)  # (loss * n, correct), kept on the device
+    # (loss * n, correct), on the device, in float64: exact counts, and a reported loss as
+    # precise as the packed trainer's (the two are compared to 1e-8 in float64)
+    sums = torch.zeros(2, device=device, dtype=torch.float64)
     seen, t0 = 0, time.perf_counter()
     tty = sys.stderr.isatty()
     bar = tqdm(
@@ -298,6 +302,7 @@ def train_step(model, optimizer, accelerator, xb, yb, cfg: TrainConfig, sums) ->
     The models return log-probabilities: NLL is their cross-entropy, and with label
     smoothing cross_entropy's own log_softmax leaves log-probabilities unchanged.
     """
+    xb = xb.to(next(model.parameters()).dtype)  # float64 in the equivalence tests only
     if cfg.channels_last:
         xb = xb.contiguous(memory_format=torch.channels_last)
     logp = model(xb)
@@ -308,7 +313,7 @@ def train_step(model, optimizer, accelerator, xb, yb, cfg: TrainConfig, sums) ->
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     optimizer.step()
-    sums[0] += loss.detach().float() * len(yb)
+    sums[0] += loss.detach().double() * len(yb)
     sums[1] += (logp.argmax(1) == yb).sum()
 
 
@@ -334,18 +339,18 @@ def score(model, ema, data, val, cfg: TrainConfig, accelerator, last: bool) -> d
 def evaluate(model, x, y, cfg: TrainConfig, accelerator) -> tuple[float, float, int]:
     """Loss and accuracy (%) over all of (x, y), each image seen once across ranks."""
     model.eval()
-    sums = torch.zeros(3, device=accelerator.device)
+    sums = torch.zeros(3, device=accelerator.device, dtype=torch.float64)
     rank, world = accelerator.process_index, accelerator.num_processes
     for xb, yb in eval_batches(x, y, cfg.eval_batch_size, rank, world):
         with accelerator.autocast():  # the EMA copy is not prepared: same dtype as the model
-            logp = model(xb).float()
+            logp = model(xb.to(next(model.parameters()).dtype)).double()
         sums += torch.stack(
             [
                 F.nll_loss(logp, yb, reduction="sum"),
                 (logp.argmax(1) == yb).sum(),
                 yb.new_tensor(len(yb)),
             ]
-        ).float()
+        ).double()
     loss, correct, n = accelerator.reduce(sums, "sum").tolist()
     return loss / n, 100.0 * correct / n, int(n)
 
@@ -368,7 +373,12 @@ def epoch_line(row: dict[str, Any], cfg: TrainConfig) -> str:
 @cli_errors
 def main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.train") -> None:
     cfg, rt = parse_args(argv, prog)
-    train(cfg, rt)
+    if rt.seeds is not None:
+        from .train_pack import train_seeds
+
+        train_seeds(cfg, rt)
+    else:
+        train(cfg, rt)
 
 
 if __name__ == "__main__":
