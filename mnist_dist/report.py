@@ -4,7 +4,8 @@
     mnist-dist report runs/sweeps/smoke --json
     mnist-dist report runs/sweeps/smoke --markdown report.md --plots plots/ --by lr
     mnist-dist report --wandb ENTITY/PROJECT --group smoke [--log-to-wandb]
-    mnist-dist report runs/sweeps/tune --metric final_val_acc
+    mnist-dist report runs/sweeps/study --compare step3:step4
+    mnist-dist report runs/sweeps/tune --metric final_val_acc --compare
 
 The headline is the final-epoch test accuracy (percent) over seeds: n, mean, variance
 (ddof=1), std, sem, 95% Student-t CI, min, max, seeds at the 99.4% target, and the mean
@@ -12,7 +13,8 @@ first epoch at target. ``--metric KEY`` takes any number result.json records ins
 tuning run's ``final_val_acc``), named as such in every title. Best-epoch numbers are picked
 on the test set and appear only under a label saying so. Expected trials without a result
 (from ``sweep.json``), failed trials (``error.txt``), runs without the metric and unreadable
-``result.json`` files are counted and named.
+``result.json`` files are counted and named. ``--compare`` tests pairs of rows
+(``mnist_dist.compare``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import compare
 from .config import TARGET_ACC, TrainConfig
 from .errors import ArgumentParser, UserError, cli_errors
 from .fsio import write_text
@@ -99,6 +102,7 @@ def render_table(
     missing: list[dict],
     by: str,
     metric: str = DEFAULT_METRIC,
+    comparisons: list[dict] | None = None,
 ) -> str:
     header = list(HEADER)
     rows = table_rows(groups, by)
@@ -115,6 +119,8 @@ def render_table(
     out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
+    if comparisons is not None:
+        out += compare.render_text(comparisons, metric_label(metric))
     out += missing_lines(missing)
     return "\n".join(out)
 
@@ -134,6 +140,7 @@ def render_markdown(
     missing: list[dict],
     by: str,
     metric: str = DEFAULT_METRIC,
+    comparisons: list[dict] | None = None,
 ) -> str:
     """The origin study's table (step, params, train accuracy, test accuracy), mean ± std (n)."""
     lead = [] if by == "step" else [by]
@@ -167,6 +174,8 @@ def render_markdown(
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
     out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    if comparisons is not None:
+        out += [""] + compare.render_markdown(comparisons, metric_label(metric))
     out += [""] + [ln.replace("  ", "- ", 1) for ln in missing_lines(missing)]
     return "\n".join(out) + "\n"
 
@@ -189,6 +198,15 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--plots", metavar="DIR", help="write the PNG plots into this folder")
     add("--by", default="step", metavar="KEY", help="TrainConfig key to group by (default step)")
     add("--metric", default=DEFAULT_METRIC, metavar="KEY", help="result.json number to aggregate")
+    add(
+        "--compare",
+        nargs="?",
+        const="",
+        action="append",
+        metavar="A:B",
+        help="Welch's t-test of each pair of rows, or of rows A:B (by label; repeatable, "
+        "comma-separated); after DIR",
+    )
     add("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of DIR")
     add("--group", help="W&B group to read (with --wandb) or to log into (default: sweep name)")
     add("--log-to-wandb", action="store_true", help="log a summary run (table, plots) to W&B")
@@ -203,6 +221,8 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     if args.by not in keys:
         raise UserError(f"unknown --by key {args.by!r}; valid keys: {', '.join(keys)}")
+    if args.dir is None and any(Path(s).is_dir() for s in args.compare or []):
+        raise UserError("--compare took the folder for its pairs: put DIR first (DIR --compare)")
     if (args.dir is None) == (args.wandb is None):
         raise UserError("give a sweep folder DIR or --wandb ENTITY/PROJECT --group G (one of them)")
     corrupt: list[dict] = []
@@ -221,11 +241,15 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     missing = missing + lacking
     found, warnings = config_groups(results, args.by)
     groups = [one_group(args.by, g, args.metric) for g in found]
+    comparisons = None
+    if args.compare is not None:
+        comparisons = compare.compare_groups(groups, args.compare)
     for line in warnings:
         print(f"mnist-dist: warning: {line}", file=sys.stderr)
-    shown = (groups, missing, args.by, args.metric)
+    shown = (groups, missing, args.by, args.metric, comparisons)
     if args.json:
         out = dict(name=name, by=args.by, metric=args.metric, groups=groups, missing=missing)
+        out.update({} if comparisons is None else dict(comparisons=comparisons))
         emit(json.dumps(out, indent=2))
     else:
         emit(render_table(name, *shown))
