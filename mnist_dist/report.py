@@ -4,7 +4,7 @@
     mnist-dist report runs/sweeps/smoke --json
     mnist-dist report runs/sweeps/smoke --markdown report.md --plots plots/ --by lr
     mnist-dist report --wandb ENTITY/PROJECT --group smoke [--log-to-wandb]
-    mnist-dist report runs/sweeps/study --compare step3:step4
+    mnist-dist report runs/sweeps/study --compare step3:step4 --reference results/study/origin.toml
     mnist-dist report runs/sweeps/tune --metric final_val_acc --compare
 
 The headline is the final-epoch test accuracy (percent) over seeds: n, mean, variance
@@ -14,7 +14,8 @@ tuning run's ``final_val_acc``), named as such in every title. Best-epoch number
 on the test set and appear only under a label saying so. Expected trials without a result
 (from ``sweep.json``), failed trials (``error.txt``), runs without the metric and unreadable
 ``result.json`` files are counted and named. ``--compare`` tests pairs of rows
-(``mnist_dist.compare``).
+(``mnist_dist.compare``); ``--reference FILE`` sets another study's figures beside ours
+(``mnist_dist.reference``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import compare
+from . import compare, reference
 from .config import TARGET_ACC, TrainConfig
 from .errors import ArgumentParser, UserError, cli_errors
 from .fsio import write_text
@@ -102,12 +103,18 @@ def render_table(
     missing: list[dict],
     by: str,
     metric: str = DEFAULT_METRIC,
+    ref: dict | None = None,
     comparisons: list[dict] | None = None,
 ) -> str:
     header = list(HEADER)
     rows = table_rows(groups, by)
     if metric != DEFAULT_METRIC:  # the epoch is a test-set fact, whatever the headline
         header[-1] = "first epoch at target (test)"
+    if ref:  # the other study's figure beside our mean
+        at = header.index("mean") + 1
+        header.insert(at, f"{ref['label']} test")
+        for row, g in zip(rows, groups, strict=True):
+            row.insert(at, reference.cell(g, "test_acc", ref))
     keep = [i for i in range(len(header)) if not (header[i] == "step" and by == "step")]
     header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
     header[0] = by
@@ -119,6 +126,8 @@ def render_table(
     out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
+    if ref:
+        out.append(f"{ref['label']}: {ref['description'] or ref['name']} ({ref['file']})")
     if comparisons is not None:
         out += compare.render_text(comparisons, metric_label(metric))
     out += missing_lines(missing)
@@ -140,12 +149,16 @@ def render_markdown(
     missing: list[dict],
     by: str,
     metric: str = DEFAULT_METRIC,
+    ref: dict | None = None,
     comparisons: list[dict] | None = None,
 ) -> str:
-    """The origin study's table (step, params, train accuracy, test accuracy), mean ± std (n)."""
+    """The origin study's table (step, params, train accuracy, test accuracy), mean ± std (n);
+    with ``ref``, the other study's figures in columns headed by what they are."""
     lead = [] if by == "step" else [by]
     headline = "test accuracy (%)" if metric == DEFAULT_METRIC else metric_label(metric)
     head = lead + ["step", "params", "train accuracy (%)", headline]
+    if ref:
+        head += [f"{ref['label']} {k}" for k in ("params", "train (%)", "test (%)")]
     head += ["95% CI", f"≥ {TARGET_ACC}%"]
     head += ["first epoch at target" + (" (test)" if metric != DEFAULT_METRIC else "")]
     out = [f"## {name}: seed statistics", ""]
@@ -157,6 +170,9 @@ def render_markdown(
         "on the mean. Train accuracy is the last epoch's running accuracy on the augmented "
         "training set."
     )
+    if ref:
+        about = ref["description"] or ref["name"]
+        intro += f" {ref['label']}: {about} (`{ref['file']}`), not seed statistics."
     out.append(intro)
     out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
@@ -169,6 +185,8 @@ def render_markdown(
             fmt_mean_std(g["train_acc"]),
             fmt_mean_std(g),
         ]
+        if ref:
+            cells += [reference.cell(g, k, ref) for k in ("params", "train_acc", "test_acc")]
         at = f"{g['n_at_target']}/{g['n']}" if g["n_at_target"] is not None else "—"
         cells += [fmt_ci(g), at, f"{first:.1f}" if first else "—"]
         out.append("| " + " | ".join(cells) + " |")
@@ -207,6 +225,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="Welch's t-test of each pair of rows, or of rows A:B (by label; repeatable, "
         "comma-separated); after DIR",
     )
+    add("--reference", metavar="FILE", help="another study's figures beside ours (TOML)")
     add("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of DIR")
     add("--group", help="W&B group to read (with --wandb) or to log into (default: sweep name)")
     add("--log-to-wandb", action="store_true", help="log a summary run (table, plots) to W&B")
@@ -225,6 +244,7 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         raise UserError("--compare took the folder for its pairs: put DIR first (DIR --compare)")
     if (args.dir is None) == (args.wandb is None):
         raise UserError("give a sweep folder DIR or --wandb ENTITY/PROJECT --group G (one of them)")
+    ref = reference.load_reference(args.reference) if args.reference else None
     corrupt: list[dict] = []
     if args.wandb:
         from .wandb_report import load_runs
@@ -244,11 +264,14 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     comparisons = None
     if args.compare is not None:
         comparisons = compare.compare_groups(groups, args.compare)
+    if ref:
+        warnings += reference.match(groups, ref)
     for line in warnings:
         print(f"mnist-dist: warning: {line}", file=sys.stderr)
-    shown = (groups, missing, args.by, args.metric, comparisons)
+    shown = (groups, missing, args.by, args.metric, ref, comparisons)
     if args.json:
         out = dict(name=name, by=args.by, metric=args.metric, groups=groups, missing=missing)
+        out.update({} if ref is None else dict(reference=ref))
         out.update({} if comparisons is None else dict(comparisons=comparisons))
         emit(json.dumps(out, indent=2))
     else:
