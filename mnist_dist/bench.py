@@ -6,6 +6,7 @@
     mnist-dist bench --time-to-target --result runs/s4/result.json
     mnist-dist bench --variants --compile --steps 100 --repeats 5
     mnist-dist bench --table results/bench/raw/cpu-step*.json
+    mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench_steps.py)
 
 One run builds the same model at the same batch size three times and times:
 
@@ -42,7 +43,7 @@ from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
 from .errors import ArgumentParser, UserError, cli_errors
 from .models import build_model
 from .runinfo import cpu_threads
-from .train import compile_model, train, train_step
+from .train import DtypeProbe, compile_model, train, train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
 
@@ -92,8 +93,13 @@ def origin_step(step: str, loader, device, lr: float) -> Step:
     return run
 
 
-def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False):
-    """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch)."""
+def our_step(
+    step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False, bf16=False
+):
+    """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch).
+    ``bf16``: the forward under bf16 autocast as ``Accelerator(mixed_precision="bf16")``
+    prepares it (one process holds one Accelerator state, so it is applied here);
+    ``run.compute_dtype``: what the first convolution computed in."""
     cfg = TrainConfig(step=step, channels_last=channels_last).resolve()
     torch.manual_seed(0)
     net = build_model(step)
@@ -101,17 +107,27 @@ def our_step(step, accelerator, batches: Iterator, lr, channels_last, compile_, 
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     model, opt = accelerator.prepare(net.to(accelerator.device), opt)
+    if bf16:
+        from accelerate.utils import convert_outputs_to_fp32
+
+        autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
+        model.forward = convert_outputs_to_fp32(autocast(model.forward))
+    first = next(batches)
+    probe = DtypeProbe(net)
+    with torch.no_grad():
+        model(first[0].contiguous(memory_format=torch.channels_last) if channels_last else first[0])
+    probe.remove()
     if compile_:
         model = compile_model(model, accelerator.device)
     model.train()
     sums = torch.zeros(2, device=accelerator.device)  # on-device running sums, as train.py
-    first = next(batches)
 
     def run() -> int:
         xb, yb = first if fixed else next(batches)
         train_step(model, opt, accelerator, xb, yb, cfg, sums)
         return len(yb)
 
+    run.compute_dtype = probe.dtype
     return run
 
 
@@ -361,6 +377,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--json", action="store_true", help="print one JSON object")
     add("--variants", action="store_true", help="compute only: NCHW vs channels_last")
     add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
+    add("--all-steps", action="store_true", help="every step: origin vs fp32 vs bf16, interleaved")
+    add("--step-list", metavar="A,B", help="as --all-steps, for these steps (e.g. step3,step4)")
     add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
     add("--seed", type=int, default=0, help="time-to-target: training seed")
     add("--epochs", type=int, help="time-to-target: default the step's recipe")
@@ -381,9 +399,13 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
             raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
-    if args.table:
+    if args.all_steps or args.step_list is not None:
+        from .bench_steps import print_all, run_all
+
+        r, show = run_all(args), print_all
+    elif args.table:
         return print(markdown_table(args.table))
-    if args.time_to_target:
+    elif args.time_to_target:
         r, show = run_time_to_target(args), print_ttt
     else:
         r, show = run_bench(args), print_variants if args.variants else print_bench

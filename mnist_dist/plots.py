@@ -7,8 +7,8 @@ one entry per config group (the report's rows: seeds of one config, never pooled
   across seeds and each seed as a faint line, with the 99.4% target.
 * ``performance.png``: the origin study's four graphs in one figure (train loss, train
   accuracy, test loss, test accuracy per epoch), each with the same mean and seed band.
-* ``final_acc_vs_params.png``: final-epoch test accuracy (%) against the parameter count,
-  one point per group, error bars +-1 std across seeds.
+* ``final_acc_vs_params.png``: final-epoch test accuracy (%) (or the report's ``--metric``)
+  against the parameter count, one point per group, error bars +-1 std across seeds.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import TARGET_ACC
 from .fsio import atomic_open
-from .stats import Group, group_key
+from .stats import DEFAULT_METRIC, Group, group_key, metric_label
 
 CURVES = "test_acc_per_epoch.png"
 PANELS = "performance.png"
@@ -123,7 +123,7 @@ def plot_panels(groups: list[Group], path: Path) -> Path:
     return path
 
 
-def plot_params(groups: list[Group], path: Path) -> Path:
+def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -> Path:
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
     plt = _pyplot()
@@ -131,7 +131,7 @@ def plot_params(groups: list[Group], path: Path) -> Path:
     xs = []
     for i, g in enumerate(groups):
         params = float(np.mean([r["params"] for r in g.runs]))
-        finals = [float(r["final_test_acc"]) for r in g.runs]
+        finals = [float(r[metric]) for r in g.runs]
         std = float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
         xs.append(params)
         label = f"{g.label} (n={len(finals)})"
@@ -145,8 +145,9 @@ def plot_params(groups: list[Group], path: Path) -> Path:
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xticks(sorted({int(x) for x in xs}))
     ax.set_xlabel("parameters (log scale)")
-    ax.set_ylabel("final-epoch test accuracy (%)")
-    ax.set_title("Final test accuracy vs parameters, per config (error bars: ±1 std)")
+    ax.set_ylabel(metric_label(metric))
+    what = "Final test accuracy" if metric == DEFAULT_METRIC else metric
+    ax.set_title(f"{what} vs parameters, per config (error bars: ±1 std)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -154,12 +155,12 @@ def plot_params(groups: list[Group], path: Path) -> Path:
     return path
 
 
-def write_plots(groups: list[Group], folder: Path) -> list[Path]:
+def write_plots(groups: list[Group], folder: Path, metric: str = DEFAULT_METRIC) -> list[Path]:
     """The three PNGs into ``folder`` (created); returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     groups = sorted(groups, key=lambda g: (group_key(g.value), g.label))
     return [
         plot_curves(groups, folder / CURVES),
         plot_panels(groups, folder / PANELS),
-        plot_params(groups, folder / PARAMS),
+        plot_params(groups, folder / PARAMS, metric),
     ]

@@ -4,12 +4,18 @@
     mnist-dist report runs/sweeps/smoke --json
     mnist-dist report runs/sweeps/smoke --markdown report.md --plots plots/ --by lr
     mnist-dist report --wandb ENTITY/PROJECT --group smoke [--log-to-wandb]
+    mnist-dist report runs/sweeps/study --compare step3:step4 --reference results/study/origin.toml
+    mnist-dist report runs/sweeps/tune --metric final_val_acc --compare
 
 The headline is the final-epoch test accuracy (percent) over seeds: n, mean, variance
 (ddof=1), std, sem, 95% Student-t CI, min, max, seeds at the 99.4% target, and the mean
-first epoch at target. Best-epoch numbers are picked on the test set and appear only under
-a label saying so. Expected trials without a result (from ``sweep.json``), failed trials
-(``error.txt``) and unreadable ``result.json`` files are counted and named.
+first epoch at target. ``--metric KEY`` takes any number result.json records instead (a
+tuning run's ``final_val_acc``), named as such in every title. Best-epoch numbers are picked
+on the test set and appear only under a label saying so. Expected trials without a result
+(from ``sweep.json``), failed trials (``error.txt``), runs without the metric and unreadable
+``result.json`` files are counted and named. ``--compare`` tests pairs of rows
+(``mnist_dist.compare``); ``--reference FILE`` sets another study's figures beside ours
+(``mnist_dist.reference``).
 """
 
 from __future__ import annotations
@@ -22,10 +28,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import compare, reference
 from .config import TARGET_ACC, TrainConfig
 from .errors import ArgumentParser, UserError, cli_errors
 from .fsio import write_text
-from .stats import BEST_LABEL, config_groups, fmt_ci, fmt_mean_std, one_group
+from .stats import (
+    BEST_LABEL,
+    DEFAULT_METRIC,
+    config_groups,
+    fmt_ci,
+    fmt_mean_std,
+    metric_label,
+    one_group,
+    split_by_metric,
+)
 from .sweepdir import RESULT, dir_record, read_result, trial_states
 
 
@@ -70,7 +86,7 @@ def table_rows(groups: list[dict[str, Any]], by: str) -> list[list[str]]:
                 fmt_ci(g),
                 f"{g['min']:.2f}",
                 f"{g['max']:.2f}",
-                f"{g['n_at_target']}/{g['n']}",
+                f"{g['n_at_target']}/{g['n']}" if g["n_at_target"] is not None else "-",
                 f"{first:.1f}" if first is not None else "-",
             ]
         )
@@ -81,20 +97,39 @@ HEADER = ["group", "step", "n", "params", "mean", "std", "sem", "95% CI", "min",
 HEADER += [f">={TARGET_ACC}", "first epoch at target"]
 
 
-def render_table(name: str, groups: list[dict], missing: list[dict], by: str) -> str:
+def render_table(
+    name: str,
+    groups: list[dict],
+    missing: list[dict],
+    by: str,
+    metric: str = DEFAULT_METRIC,
+    ref: dict | None = None,
+    comparisons: list[dict] | None = None,
+) -> str:
     header = list(HEADER)
     rows = table_rows(groups, by)
+    if metric != DEFAULT_METRIC:  # the epoch is a test-set fact, whatever the headline
+        header[-1] = "first epoch at target (test)"
+    if ref:  # the other study's figure beside our mean
+        at = header.index("mean") + 1
+        header.insert(at, f"{ref['label']} test")
+        for row, g in zip(rows, groups, strict=True):
+            row.insert(at, reference.cell(g, "test_acc", ref))
     keep = [i for i in range(len(header)) if not (header[i] == "step" and by == "step")]
     header, rows = [header[i] for i in keep], [[r[i] for i in keep] for r in rows]
     header[0] = by
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
-    out = [f"{name}: final-epoch test accuracy (%) over seeds, by {by}", line(header)]
+    out = [f"{name}: {metric_label(metric)} over seeds, by {by}", line(header)]
     out += [line(r) for r in rows]
     out.append(f"best-epoch test accuracy ({BEST_LABEL}):")
     out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
+    if ref:
+        out.append(f"{ref['label']}: {ref['description'] or ref['name']} ({ref['file']})")
+    if comparisons is not None:
+        out += compare.render_text(comparisons, metric_label(metric))
     out += missing_lines(missing)
     return "\n".join(out)
 
@@ -108,17 +143,37 @@ def missing_lines(missing: list[dict]) -> list[str]:
     ]
 
 
-def render_markdown(name: str, groups: list[dict], missing: list[dict], by: str) -> str:
-    """The origin study's table (step, params, train accuracy, test accuracy), mean ± std (n)."""
+def render_markdown(
+    name: str,
+    groups: list[dict],
+    missing: list[dict],
+    by: str,
+    metric: str = DEFAULT_METRIC,
+    ref: dict | None = None,
+    comparisons: list[dict] | None = None,
+) -> str:
+    """The origin study's table (step, params, train accuracy, test accuracy), mean ± std (n);
+    with ``ref``, the other study's figures in columns headed by what they are."""
     lead = [] if by == "step" else [by]
-    head = lead + ["step", "params", "train accuracy (%)", "test accuracy (%)", "95% CI"]
-    head += [f"≥ {TARGET_ACC}%", "first epoch at target"]
+    headline = "test accuracy (%)" if metric == DEFAULT_METRIC else metric_label(metric)
+    head = lead + ["step", "params", "train accuracy (%)", headline]
+    if ref:
+        head += [f"{ref['label']} {k}" for k in ("params", "train (%)", "test (%)")]
+    head += ["95% CI", f"≥ {TARGET_ACC}%"]
+    head += ["first epoch at target" + (" (test)" if metric != DEFAULT_METRIC else "")]
     out = [f"## {name}: seed statistics", ""]
-    out.append(
-        "Final-epoch accuracy, mean ± std (n seeds); std is the sample std (ddof=1), the CI "
-        "is Student t on the mean. Train accuracy is the last epoch's running accuracy on "
-        "the augmented training set."
+    what = "Final-epoch accuracy"
+    if metric != DEFAULT_METRIC:
+        what = f"Train accuracy and {metric_label(metric)} (`--metric {metric}`)"
+    intro = (
+        f"{what}, mean ± std (n seeds); std is the sample std (ddof=1), the CI is Student t "
+        "on the mean. Train accuracy is the last epoch's running accuracy on the augmented "
+        "training set."
     )
+    if ref:
+        about = ref["description"] or ref["name"]
+        intro += f" {ref['label']}: {about} (`{ref['file']}`), not seed statistics."
+    out.append(intro)
     out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         first = g["mean_first_epoch_at_target"]
@@ -130,10 +185,15 @@ def render_markdown(name: str, groups: list[dict], missing: list[dict], by: str)
             fmt_mean_std(g["train_acc"]),
             fmt_mean_std(g),
         ]
-        cells += [fmt_ci(g), f"{g['n_at_target']}/{g['n']}", f"{first:.1f}" if first else "—"]
+        if ref:
+            cells += [reference.cell(g, k, ref) for k in ("params", "train_acc", "test_acc")]
+        at = f"{g['n_at_target']}/{g['n']}" if g["n_at_target"] is not None else "—"
+        cells += [fmt_ci(g), at, f"{first:.1f}" if first else "—"]
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
     out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    if comparisons is not None:
+        out += [""] + compare.render_markdown(comparisons, metric_label(metric))
     out += [""] + [ln.replace("  ", "- ", 1) for ln in missing_lines(missing)]
     return "\n".join(out) + "\n"
 
@@ -155,6 +215,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--markdown", metavar="FILE", help="write the Markdown table here")
     add("--plots", metavar="DIR", help="write the PNG plots into this folder")
     add("--by", default="step", metavar="KEY", help="TrainConfig key to group by (default step)")
+    add("--metric", default=DEFAULT_METRIC, metavar="KEY", help="result.json number to aggregate")
+    add(
+        "--compare",
+        nargs="?",
+        const="",
+        action="append",
+        metavar="A:B",
+        help="Welch's t-test of each pair of rows, or of rows A:B (by label; repeatable, "
+        "comma-separated); after DIR",
+    )
+    add("--reference", metavar="FILE", help="another study's figures beside ours (TOML)")
     add("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of DIR")
     add("--group", help="W&B group to read (with --wandb) or to log into (default: sweep name)")
     add("--log-to-wandb", action="store_true", help="log a summary run (table, plots) to W&B")
@@ -169,8 +240,11 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     if args.by not in keys:
         raise UserError(f"unknown --by key {args.by!r}; valid keys: {', '.join(keys)}")
+    if args.dir is None and any(Path(s).is_dir() for s in args.compare or []):
+        raise UserError("--compare took the folder for its pairs: put DIR first (DIR --compare)")
     if (args.dir is None) == (args.wandb is None):
         raise UserError("give a sweep folder DIR or --wandb ENTITY/PROJECT --group G (one of them)")
+    ref = reference.load_reference(args.reference) if args.reference else None
     corrupt: list[dict] = []
     if args.wandb:
         from .wandb_report import load_runs
@@ -183,15 +257,26 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     if not results:
         where = args.dir or f"{args.wandb} group {args.group}"
         raise UserError(f"{where}: no finished trials ({len(missing)} missing or failed)")
+    results, lacking = split_by_metric(results, args.metric)
+    missing = missing + lacking
     found, warnings = config_groups(results, args.by)
+    groups = [one_group(args.by, g, args.metric) for g in found]
+    comparisons = None
+    if args.compare is not None:
+        comparisons = compare.compare_groups(groups, args.compare)
+    if ref:
+        warnings += reference.match(groups, ref)
     for line in warnings:
         print(f"mnist-dist: warning: {line}", file=sys.stderr)
-    groups = [one_group(args.by, g) for g in found]
+    shown = (groups, missing, args.by, args.metric, ref, comparisons)
     if args.json:
-        emit(json.dumps(dict(name=name, by=args.by, groups=groups, missing=missing), indent=2))
+        out = dict(name=name, by=args.by, metric=args.metric, groups=groups, missing=missing)
+        out.update({} if ref is None else dict(reference=ref))
+        out.update({} if comparisons is None else dict(comparisons=comparisons))
+        emit(json.dumps(out, indent=2))
     else:
-        emit(render_table(name, groups, missing, args.by))
-    markdown = render_markdown(name, groups, missing, args.by)
+        emit(render_table(name, *shown))
+    markdown = render_markdown(name, *shown)
     plots: list[Path] = []
     try:
         if args.markdown:
@@ -199,7 +284,7 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         if args.plots:
             from .plots import write_plots
 
-            plots = write_plots(found, Path(args.plots))
+            plots = write_plots(found, Path(args.plots), args.metric)
     except OSError as e:  # unwritable or full: name the path, no traceback
         raise UserError(f"could not write {e.filename or 'output'}: {e.strerror or e}") from e
     if args.log_to_wandb:

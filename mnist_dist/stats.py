@@ -25,6 +25,15 @@ from .sweepdir import result_config
 CI_LEVEL = 0.95
 NO_CI = "n=1: one seed gives no variance, std, sem or CI"
 BEST_LABEL = "best epoch, picked on the test set: optimistic, not the headline"
+DEFAULT_METRIC = "final_test_acc"
+METRIC_LABELS = {  # what a --metric is, in the report's titles and headers
+    "final_test_acc": "final-epoch test accuracy (%)",
+    "final_val_acc": "final-epoch validation accuracy (%)",
+    "best_test_acc": "best-epoch test accuracy (%, picked on the test set: optimistic)",
+    "wall_seconds": "wall time (s)",
+    "train_seconds": "training time (s)",
+}
+METRIC_HINTS = {"final_val_acc": "trained without --val-split?"}
 
 
 def summarize(values: Sequence[float]) -> dict[str, Any]:
@@ -53,6 +62,51 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
         ci95=[float(lo), float(hi)],
     )
     return out
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, f"{metric} (from result.json)")
+
+
+def is_accuracy(metric: str) -> bool:
+    """Percent accuracies (``*_acc``): these have a 99.4% target to count seeds against."""
+    return metric.endswith("_acc")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def split_by_metric(
+    results: list[dict[str, Any]], metric: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(runs that record ``metric`` as a number, a ``missing`` entry for each that does not).
+
+    A metric no run records is a UserError that lists the numeric keys they do record.
+    """
+    have = [r for r in results if _number(r.get(metric))]
+    if not have:
+        keys = sorted({k for r in results for k, v in r.items() if _number(v) and k[0] != "_"})
+        held = "null or not a number in" if any(metric in r for r in results) else "absent from"
+        raise UserError(
+            f"--metric {metric!r} is {held} all {len(results)} finished runs' result.json; "
+            f"numeric keys: {', '.join(keys)}"
+        )
+    lacking = []
+    for r in results:
+        if _number(r.get(metric)):
+            continue
+        value = "absent" if metric not in r else json.dumps(r[metric])
+        hint = f" ({METRIC_HINTS[metric]})" if metric in METRIC_HINTS else ""
+        lacking.append(
+            dict(
+                trial_id=r.get("trial_id"),
+                path=r.get("_source", "?"),
+                status="no metric",
+                reason=f"{metric} is {value} in result.json{hint}",
+            )
+        )
+    return have, lacking
 
 
 def group_key(value: Any) -> tuple:
@@ -161,17 +215,21 @@ def dedupe_seeds(group: Group) -> list[str]:
     return warnings
 
 
-def group_stats(results: list[dict[str, Any]], by: str = "step") -> list[dict[str, Any]]:
+def group_stats(
+    results: list[dict[str, Any]], by: str = "step", metric: str = DEFAULT_METRIC
+) -> list[dict[str, Any]]:
     """One dict per config group, ordered by ``by``; see ``summarize`` for the fields.
 
     Each result is a ``result.json`` dict (``config``, ``final_test_acc``, ``history``...).
     """
-    return [one_group(by, g) for g in config_groups(results, by)[0]]
+    return [one_group(by, g, metric) for g in config_groups(results, by)[0]]
 
 
-def one_group(by: str, group: Group) -> dict[str, Any]:
+def one_group(by: str, group: Group, metric: str = DEFAULT_METRIC) -> dict[str, Any]:
+    """The statistics of ``metric`` (default the final-epoch test accuracy) over the group's
+    seeds; every run must record it (see ``split_by_metric``)."""
     runs = sorted(group.runs, key=lambda r: (r.get("seed", 0), r.get("trial_id", "")))
-    final = [float(r["final_test_acc"]) for r in runs]
+    values = [float(r[metric]) for r in runs]
     first = [r["first_epoch_at_target"] for r in runs if r.get("first_epoch_at_target")]
     train = [float(r["history"][-1]["train_acc"]) for r in runs if r.get("history")]
     best = [float(r["best_test_acc"]) for r in runs if r.get("best_test_acc") is not None]
@@ -180,16 +238,18 @@ def one_group(by: str, group: Group) -> dict[str, Any]:
     row.update(
         step=one_or_list(r["step"] for r in runs), params=one_or_list(r["params"] for r in runs)
     )
-    row.update(summarize(final))
+    row.update(metric=metric, **summarize(values))
     row.update(
-        n_at_target=sum(a >= TARGET_ACC for a in final),  # seeds whose FINAL acc >= 99.4
+        # seeds whose metric (by default the FINAL test acc) is >= 99.4; None for non-accuracies
+        n_at_target=sum(a >= TARGET_ACC for a in values) if is_accuracy(metric) else None,
         target=TARGET_ACC,
         # over the seeds that reached the target at any epoch; None when none did
         mean_first_epoch_at_target=float(np.mean(first)) if first else None,
         n_reached_target_any_epoch=len(first),
         epochs=one_or_list(r["epochs"] for r in runs),
         seeds=[r.get("seed") for r in runs],
-        final_test_acc=final,
+        values=values,  # behind the statistics, in seed order
+        **({DEFAULT_METRIC: values} if metric == DEFAULT_METRIC else {}),  # the older name
         trials=[r.get("trial_id") for r in runs],
         train_acc=summarize(train) if train else None,  # final epoch, augmented train set
         best_epoch_test_acc=dict(summarize(best), label=BEST_LABEL) if best else None,

@@ -10,6 +10,10 @@ import json
 import pytest
 
 from mnist_dist.bench import time_to_target
+from mnist_dist.bench_steps import markdown, print_all, step_list
+from mnist_dist.config import RECIPES
+from mnist_dist.errors import UserError
+from mnist_dist.runinfo import cpu_model
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -74,6 +78,9 @@ def test_bench_variants_time_compute_in_both_memory_formats(tiny_mnist):
         (("--mixed-precision", "fp8"), "invalid choice"),
         (("--time-to-target", "--result", "/nonexistent/result.json"), "no such file"),
         (("--table", "/nonexistent/bench.json"), "not a `mnist-dist bench --json` output"),
+        (("--all-steps", "--mixed-precision", "bf16"), "time fp32 and bf16 side by side"),
+        (("--all-steps", "--variants"), "--variants does not go with --all-steps"),
+        (("--step-list", "step4,step9"), "unknown step 'step9'"),
     ],
 )
 def test_bench_bad_input_is_one_line(flags, fragment):
@@ -139,3 +146,56 @@ def test_time_to_target_not_reached_or_without_eval_timing():
     r = time_to_target(_result([99.6], eval_seconds=False))  # a result.json from before
     assert r["train_seconds_to_target"] == 10.0
     assert r["eval_seconds_to_target"] is None and r["eval_seconds_all"] is None
+
+
+def test_all_steps_times_origin_fp32_and_bf16_of_each_step_in_one_run(tiny_mnist, capsys):
+    args = ("bench", "--step-list", "step1,step4", "--json", "--data-dir", str(tiny_mnist))
+    proc = run_cli(*args, *QUICK)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["mode"] == "all-steps" and r["threads"] == 1 and r["cpu_model"] == cpu_model()
+    assert len(r["load_avg_before"]) == len(r["load_avg_after"]) == 3
+    assert [(row["step"], row["batch_size"]) for row in r["per_step"]] == [
+        ("step1", 128),  # each step's recipe batch
+        ("step4", 64),
+    ]
+    for row in r["per_step"]:
+        bs = row["batch_size"]
+        for loop in ("origin", "fp32", "bf16"):
+            m = row[loop]
+            assert m["ms_per_step"] > 0 and len(m["rounds_ms"]) == 2
+            # 512 tiny training images: 4 full batches of 128, 8 of 64
+            assert m["images_per_s"] == pytest.approx(bs * 1000 / m["ms_per_step"])
+            assert m["epoch_seconds"] == pytest.approx(512 / m["images_per_s"])
+        # what the first convolution really computed in: bf16 autocast applied to bf16 only
+        assert (row["fp32"]["compute_dtype"], row["bf16"]["compute_dtype"]) == (
+            "float32",
+            "bfloat16",
+        )
+        a, f, b = (row[k]["ms_per_step"] for k in ("origin", "fp32", "bf16"))
+        assert row["bf16_gain"] == pytest.approx(f / b)
+        assert row["fp32_speedup"] == pytest.approx(a / f)
+        assert row["bf16_speedup"] == pytest.approx(a / b)
+    print_all(r)  # the terminal form: a header, then the Markdown table
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("bench all steps on cpu (") and "1 threads" in out[0]
+    table = out[out.index("") + 1 :]
+    assert table == markdown(r).splitlines()
+    assert table[0] == (
+        "| step | batch | origin img/s | fp32 img/s | bf16 img/s | bf16 gain "
+        "| fp32 speedup vs origin | bf16 speedup vs origin |"
+    )
+    s4 = r["per_step"][1]
+    assert table[3] == (
+        f"| step4 | 64 | {s4['origin']['images_per_s']:,.0f} | {s4['fp32']['images_per_s']:,.0f} "
+        f"| {s4['bf16']['images_per_s']:,.0f} | {s4['bf16_gain']:.2f}x "
+        f"| {s4['fp32_speedup']:.2f}x | {s4['bf16_speedup']:.2f}x |"
+    )
+
+
+def test_step_list_is_every_registered_step_or_the_named_ones_in_order():
+    assert step_list(True, None) == list(RECIPES) and "step4" in RECIPES
+    assert step_list(False, "step4, step3,step4,") == ["step4", "step3"]
+    for flags, fragment in [((True, "step4"), "not both"), ((False, " , "), "is empty")]:
+        with pytest.raises(UserError, match=fragment):
+            step_list(*flags)

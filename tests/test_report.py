@@ -223,3 +223,60 @@ def test_report_on_a_real_sweep_writes_markdown_and_plots(smoke_sweep, tmp_path)
         assert img.shape[0] > 300 and img.shape[1] > 500
         # non-trivial: many distinct colours (lines, bands, text), not a blank canvas
         assert len(np.unique(img.reshape(-1, img.shape[-1]), axis=0)) > 50
+
+
+def test_metric_final_val_acc_is_named_and_runs_without_it_are_listed(tmp_path):
+    """--metric final_val_acc: mean ± std of validation accuracy, never called test accuracy;
+    a run trained without --val-split (final_val_acc null) is missing, with the reason."""
+    results = [fake_result("step4", s, [98.0, 99.0 + s / 10], 7_074) for s in range(4)]
+    for r, val in zip(results, [99.1, 99.3, 99.5, None], strict=True):
+        r["final_val_acc"] = val
+    root = write_sweep(tmp_path / "s", results)
+    proc = run_cli("report", str(root), "--metric", "final_val_acc", "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    (g,) = report["groups"]
+    assert report["metric"] == g["metric"] == "final_val_acc"
+    assert g["n"] == 3 and g["values"] == [99.1, 99.3, 99.5] and "final_test_acc" not in g
+    assert g["mean"] == pytest.approx(99.3) and g["std"] == pytest.approx(0.2)
+    assert g["n_at_target"] == 1  # 99.5 >= 99.4
+    ((m),) = report["missing"]
+    assert (m["trial_id"], m["status"]) == ("step4-s3-synthetic", "no metric")
+    assert m["reason"] == "final_val_acc is null in result.json (trained without --val-split?)"
+    md = tmp_path / "r.md"
+    proc = run_cli("report", str(root), "--metric", "final_val_acc", "--markdown", str(md))
+    assert proc.returncode == 0, proc.stderr
+    title = proc.stdout.splitlines()[0]
+    assert title == "syn: final-epoch validation accuracy (%) over seeds, by step"
+    assert "step4-s3-synthetic: no metric: final_val_acc is null" in proc.stdout
+    head = next(ln for ln in md.read_text().splitlines() if ln.startswith("| step"))
+    assert "final-epoch validation accuracy (%)" in head and "| test accuracy" not in head
+    assert "99.30 ± 0.20 (n=3)" in md.read_text()
+
+
+def test_metric_other_than_accuracy_counts_no_seeds_at_target(tmp_path):
+    results = synthetic_results(seeds=2)
+    for i, r in enumerate(results):
+        r["wall_seconds"] = 100.0 + i
+    root = write_sweep(tmp_path / "s", results)
+    proc = run_cli("report", str(root), "--metric", "wall_seconds", "--json")
+    assert proc.returncode == 0, proc.stderr
+    groups = json.loads(proc.stdout)["groups"]
+    assert [g["values"] for g in groups] == [[100.0, 101.0], [102.0, 103.0]]
+    assert all(g["n_at_target"] is None for g in groups)
+
+
+@pytest.mark.parametrize(
+    "metric, fragment",
+    [
+        ("colour", "--metric 'colour' is absent from all 2 finished runs' result.json"),
+        ("final_val_acc", "--metric 'final_val_acc' is null or not a number in all 2"),
+    ],
+)
+def test_unknown_metric_is_one_line_listing_the_numeric_keys(tmp_path, metric, fragment):
+    results = synthetic_results(seeds=1)
+    for r in results:
+        r["final_val_acc"] = None
+    root = write_sweep(tmp_path / "s", results)
+    proc = run_cli("report", str(root), "--metric", metric)
+    assert_one_line_error(proc, fragment, "numeric keys: ", "final_test_acc")
