@@ -6,6 +6,9 @@ mnist-dist sweep jobs/smoke.toml --cluster slurm --wait
 mnist-dist status runs/sweeps/smoke [--json]
 mnist-dist report runs/sweeps/smoke [--markdown FILE] [--plots DIR]
 mnist-dist bench --step step4 [--json]
+mnist-dist predict runs/s5 digit.png [--json] [--show-input DIR]
+mnist-dist evaluate runs/s5 [--out DIR] [--json]
+mnist-dist export runs/s5 --format torchscript|onnx
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ COMMANDS = {
     "status": ("mnist_dist.sweep", "show the state of each trial in a sweep folder"),
     "report": ("mnist_dist.report", "mean, variance, std and 95% CI of test accuracy per group"),
     "bench": ("mnist_dist.bench", "time origin pipeline vs ours vs pure compute"),
+    "predict": ("mnist_dist.recognize", "the digit in each image (PNG/JPEG), with top-3 odds"),
+    "evaluate": ("mnist_dist.evaluate", "a run's test accuracy per class, its confusions, errors"),
+    "export": ("mnist_dist.export", "a run's model as one TorchScript or ONNX file"),
 }
 
 

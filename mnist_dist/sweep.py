@@ -9,6 +9,11 @@ file, its expanded trials with resolved configs, and every job submitted), one f
 trial ``DIR/<trial_id>/`` (``config.json``, ``checkpoint.pt``, ``result.json``, and
 ``error.txt`` when the trial raised) and submitit's logs in ``DIR/logs/<job id>/``.
 Rerunning a sweep skips trials that are done or still queued and resubmits the others.
+
+``--set key=value`` overrides the file (see ``sweepfile``); the overrides are recorded in
+``sweep.json``. A rerun over the same folder with other overrides adds its trials to the
+record: this command's trials come first, then those of earlier runs that it does not list,
+so ``status`` and ``report`` still see every trial the folder holds.
 """
 
 from __future__ import annotations
@@ -50,11 +55,13 @@ def counts_line(rows: list[dict[str, Any]]) -> str:
 
 
 def print_plan(spec: SweepSpec, trials: list[dict[str, Any]], actions: dict[str, str]) -> None:
-    """The trial table: id, step, seed, every other key that varies, and what happens."""
+    """The trial table: id, step, seed, the keys [defaults] sets (after --set), every other
+    key that varies, and what happens."""
     keys = [
         k
         for k in trials[0]["config"]
-        if k not in ("step", "seed") and len({json.dumps(t["config"][k]) for t in trials}) > 1
+        if k not in ("step", "seed")
+        and (k in spec.defaults or len({json.dumps(t["config"][k]) for t in trials}) > 1)
     ]
     head = ["trial", "step", "seed", *keys, "action"]
     body = [
@@ -78,6 +85,15 @@ def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="block until every trial ends")
     p.add_argument("--yes", action="store_true", help=f"allow more than {MAX_TRIALS:,} trials")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks (--wait)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the file (repeatable): epochs=2 (= defaults.epochs), 'grid.seed=[0,1]', "
+        "resources.mem_gb=8; values are TOML",
+    )
     return p
 
 
@@ -85,7 +101,7 @@ def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
 def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") -> None:
     """mnist-dist sweep jobs/smoke.toml --cluster slurm --out /tmp/s --wait"""
     args = build_sweep_parser(prog).parse_args(argv)
-    spec = load_sweep(args.file)
+    spec = load_sweep(args.file, args.overrides)
     if spec.size() > MAX_TRIALS and not args.yes:
         raise UserError(
             f"{args.file} expands to {spec.size():,} trials (over {MAX_TRIALS:,}); "
@@ -98,33 +114,41 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         raise UserError(f"{out} holds sweep {old['name']!r}, not {spec.name!r}; use another --out")
     if not args.dry_run:
         check_cluster(args.cluster, spec.resources, configs)
-    trials = [dict(trial_id=c.trial_id(), config=c.to_dict()) for c in configs]
+    trials = [
+        dict(trial_id=c.trial_id(), config=c.to_dict(), overrides=args.overrides) for c in configs
+    ]
     if args.dry_run:
         record = dict(name=spec.name, trials=trials, jobs=(old or {}).get("jobs", []))
-        todo = plan(spec, out, record, args.cluster)
+        todo = plan(spec, out, record, args.cluster, args.overrides)
         print(f"dry run: would submit {len(todo)} of {len(trials)} trials; nothing submitted")
         return
     with record_lock(out):  # two reruns of one folder never submit the same trial twice
+        old = load_record(out) or {}
         record = dict(
             name=spec.name,
             file=spec.file,
             description=spec.description,
+            overrides=args.overrides,
             cluster=args.cluster,
             updated=now(),
             resources=vars(spec.resources),
-            trials=trials,
-            jobs=(load_record(out) or {}).get("jobs", []),
+            trials=trials + earlier_trials(old, trials),
+            jobs=old.get("jobs", []),
         )
-        todo = plan(spec, out, record, args.cluster)
+        todo = plan(spec, out, dict(record, trials=trials), args.cluster, args.overrides)
+        if len(record["trials"]) > len(trials):
+            kept = len(record["trials"]) - len(trials)
+            print(f"{kept} trial(s) of earlier runs over {out} stay in its {RECORD}")
         write_record(out, record)
         if todo:
             submit(spec, out, record, todo, configs, args)
         else:
             print("nothing to submit: every trial is done or queued")
+    mine = dict(record, trials=trials)  # what this command waits for and reports on
     if args.wait and args.cluster == "slurm":
-        wait(out, record, args.poll)
+        wait(out, mine, args.poll)
     if args.wait or args.cluster != "slurm":
-        rows_end = trial_states(out, record)
+        rows_end = trial_states(out, mine)
         print(counts_line(rows_end))
         failed = [r for r in rows_end if r["state"] != "done"]
         for r in failed:
@@ -133,7 +157,15 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
             sys.exit(1)
 
 
-def plan(spec: SweepSpec, out: Path, record: dict[str, Any], cluster: str) -> list[dict]:
+def earlier_trials(old: dict[str, Any], trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The record's trials from earlier runs (other overrides) that this run does not list."""
+    listed = {t["trial_id"] for t in trials}
+    return [t for t in old.get("trials", []) if t["trial_id"] not in listed]
+
+
+def plan(
+    spec: SweepSpec, out: Path, record: dict[str, Any], cluster: str, overrides: list[str]
+) -> list[dict]:
     """Print the trial table and return the trials to submit: all but done and queued.
 
     A trial whose SLURM state is unknown (squeue did not answer) may still be queued:
@@ -150,6 +182,8 @@ def plan(spec: SweepSpec, out: Path, record: dict[str, Any], cluster: str) -> li
         )
     trials = record["trials"]
     print(f"sweep {spec.name}: {len(trials)} trials -> {out}  (cluster {cluster})")
+    if overrides:
+        print(f"overrides: {' '.join(overrides)}")
     print_plan(spec, trials, actions)
     return [t for t in trials if actions[t["trial_id"]] == "submit"]
 

@@ -18,6 +18,12 @@ A sweep file (see ``jobs/*.toml`` and the README's "Sweep files")::
 
 Every table is strict: an unknown key is an error that names it and the valid keys, and
 every value is type-checked, so a typo never silently falls back to a default.
+
+Overrides (``mnist-dist sweep FILE --set key=value``) change the file's tables without
+copying it: ``epochs=2`` is ``defaults.epochs``; ``grid.seed=[0,1]``, ``resources.mem_gb=8``
+and ``wandb.mode=offline`` name their table. A value is a TOML value; a bare word that is
+not one (``step=step5``, ``mode=offline``) is a string. They are applied to the parsed
+file before it is validated, so a bad override gets the same one-line error as a bad file.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ else:  # pragma: no cover - Python 3.10 only
 MAX_TRIALS = 10_000  # above this, `mnist-dist sweep` wants --yes
 TOP_KEYS = ("name", "description", "grid", "defaults", "trials", "resources", "wandb")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+SET_TABLES = ("grid", "defaults", "resources", "wandb")  # what --set may name
+BARE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # --set step=step5: a string
 
 
 @dataclass
@@ -158,8 +166,53 @@ def _train_fields(table: Any, where: str) -> dict[str, Any]:
     return _strict(TrainConfig, table, where)
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file; every problem is a one-line ``UserError``."""
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``--set grid.seed=[0,1]`` -> (["grid", "seed"], [0, 1]); a bare key means defaults."""
+    how = "write --set key=value (e.g. --set epochs=2 or --set 'grid.seed=[0,1]')"
+    key, eq, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not eq or not key:
+        raise UserError(f"--set {text!r} is not key=value; {how}")
+    parts = key.split(".")
+    if len(parts) == 1:
+        parts = ["defaults", *parts]
+    if parts[0] not in SET_TABLES or len(parts) != 2 or not all(parts):
+        raise UserError(
+            f"--set {text!r}: {key!r} is not KEY or TABLE.KEY with TABLE one of "
+            f"{', '.join(SET_TABLES)} (a bare KEY means defaults.KEY)"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if not BARE_WORD.match(raw):
+            raise UserError(
+                f"--set {text!r}: {raw!r} is not a TOML value (a number, true/false, "
+                '"text", [a, b] or a bare word); ' + how
+            ) from None
+        value = raw  # step=step5: the quotes TOML wants would need shell quoting
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The parsed sweep file with each ``--set`` applied in order (a new dict). The override
+    wins: ``seed=3`` over a file with ``[grid] seed`` takes seed out of the grid, and
+    ``grid.epochs=[1,2]`` takes epochs out of [defaults]."""
+    data = dict(data)
+    for text in overrides:
+        (table, key), value = parse_override(text)
+        other = {"grid": "defaults", "defaults": "grid"}.get(table)
+        for name in filter(None, (table, other)):
+            if not isinstance(data.get(name, {}), dict):
+                raise UserError(f"--set {text!r}: [{name}] in the file is not a table")
+        data[table] = {**data.get(table, {}), key: value}
+        if other and key in data.get(other, {}):
+            data[other] = {k: v for k, v in data[other].items() if k != key}
+    return data
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read and validate a sweep file, with ``--set`` overrides applied to its tables first;
+    every problem is a one-line ``UserError``."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"sweep file {str(path)!r} not found (see jobs/*.toml for examples)")
@@ -167,6 +220,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML: {e}") from None
+    data = apply_overrides(data, overrides or [])
     for key in data:
         if key not in TOP_KEYS:
             raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(TOP_KEYS)}")

@@ -46,13 +46,18 @@ def tiny_mnist(tmp_path: Path) -> Path:
     return make_tiny_mnist(tmp_path / "data")
 
 
-@pytest.fixture
-def real_mnist() -> Path:
-    """The real MNIST root from MNIST_DATA_DIR; skipped (with the reason) when unset."""
+def real_mnist_root() -> Path:
+    """The real MNIST root from MNIST_DATA_DIR; skips the test (with the reason) when unset."""
     root = os.environ.get("MNIST_DATA_DIR")
     if not root or not (Path(root) / "MNIST" / "raw").is_dir():
         pytest.skip("real MNIST needed: set MNIST_DATA_DIR to a folder holding MNIST/raw")
     return Path(root)
+
+
+@pytest.fixture
+def real_mnist() -> Path:
+    """The real MNIST root from MNIST_DATA_DIR; skipped (with the reason) when unset."""
+    return real_mnist_root()
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 600, cwd=None):

@@ -272,3 +272,114 @@ def test_debug_cluster_runs_in_process(tmp_path, tiny_mnist):
     st = status(out)
     assert st["counts"]["done"] == 1 and st["trials"][0]["seed"] == 3
     assert st["trials"][0]["final_test_acc"] is not None
+
+
+# ---- --set overrides ------------------------------------------------------------------
+
+
+def test_set_overrides_defaults_and_grid_in_the_plan(tmp_path):
+    """The issue's example: 2 epochs, 3 seeds per step, without copying the file."""
+    out = tmp_path / "out"
+    smoke = str(REPO / "jobs" / "smoke.toml")
+    proc = run_cli("sweep", smoke, "--set", "epochs=2", "--set", "grid.seed=[0,1,2]",
+                   "--dry-run", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "overrides: epochs=2 grid.seed=[0,1,2]" in proc.stdout
+    assert "would submit 6 of 6 trials" in proc.stdout
+    table = [ln.split() for ln in proc.stdout.splitlines() if re.match(r"step\d-s\d", ln)]
+    head = next(ln.split() for ln in proc.stdout.splitlines() if ln.startswith("trial "))
+    col = {name: head.index(name) for name in ("step", "seed", "epochs", "train_limit")}
+    got = sorted((r[col["step"]], int(r[col["seed"]])) for r in table)
+    assert got == [(s, n) for s in ("step3", "step4") for n in range(3)]
+    assert {r[col["epochs"]] for r in table} == {"2"}
+    assert {r[col["train_limit"]] for r in table} == {"2000"}  # the file's other defaults stay
+    ids = {r[0] for r in table}
+    assert ids == {
+        TrainConfig(step=s, seed=n, epochs=2, train_limit=2000).trial_id()
+        for s in ("step3", "step4")
+        for n in range(3)
+    }
+    assert not out.exists()
+
+
+def test_override_parsing_and_precedence():
+    """Unit: a bare key means defaults; values are TOML, bare words strings; the override
+    takes a key out of the other table ([grid] <-> [defaults])."""
+    from mnist_dist.sweepfile import apply_overrides, parse_override
+
+    assert parse_override("epochs=2") == (["defaults", "epochs"], 2)
+    assert parse_override("grid.seed=[0, 1]") == (["grid", "seed"], [0, 1])
+    assert parse_override("lr=1e-3") == (["defaults", "lr"], 0.001)
+    assert parse_override("compile=true") == (["defaults", "compile"], True)
+    assert parse_override("step=step5") == (["defaults", "step"], "step5")
+    assert parse_override('step="step5"') == (["defaults", "step"], "step5")
+    assert parse_override("resources.sbatch_extra={mail-type = 'END'}") == (
+        ["resources", "sbatch_extra"],
+        {"mail-type": "END"},
+    )
+    data = {"name": "x", "grid": {"seed": [0, 1], "step": ["step4"]}, "defaults": {"epochs": 1}}
+    got = apply_overrides(data, ["seed=3", "grid.epochs=[1,2]", "wandb.mode=offline"])
+    assert got["grid"] == {"step": ["step4"], "epochs": [1, 2]}
+    assert got["defaults"] == {"seed": 3} and got["wandb"] == {"mode": "offline"}
+    assert data["grid"] == {"seed": [0, 1], "step": ["step4"]}  # the parsed file is untouched
+
+
+@pytest.mark.parametrize(
+    "sets, fragments",
+    [
+        (["epoch=2"], ["unknown key 'epoch'", "[defaults]", "valid keys"]),
+        (["epochs=two"], ["[defaults].epochs must be int", "'two'"]),
+        (['epochs="2"'], ["[defaults].epochs must be int", "'2'"]),
+        (["grid.seed=3"], ["[grid].seed must be a list", "scalars go in [defaults]"]),
+        (["resources.gpus=1"], ["unknown key 'gpus'", "[resources]"]),
+        (["wandb.mode=loud"], ["[wandb].mode must be off, offline or online"]),
+        (["step=step9"], ["unknown step 'step9'"]),
+        (["epochs"], ["--set 'epochs' is not key=value"]),
+        (["=2"], ["is not key=value"]),
+        (["grid.seed=[0,1"], ["'[0,1' is not a TOML value"]),
+        (["epochs=1.2.3"], ["'1.2.3' is not a TOML value"]),
+        (["foo.bar=1"], ["'foo.bar' is not KEY or TABLE.KEY", "defaults"]),
+        (["grid.a.b=[1]"], ["'grid.a.b' is not KEY or TABLE.KEY"]),
+    ],
+)
+def test_bad_set_is_one_line_error_and_writes_nothing(tmp_path, sets, fragments):
+    out = tmp_path / "out"
+    argv = [a for s in sets for a in ("--set", s)]
+    proc = run_cli("sweep", str(REPO / "jobs" / "smoke.toml"), *argv, "--cluster", "local",
+                   "--out", str(out))  # fmt: skip
+    assert_one_line_error(proc, *fragments)
+    assert not out.exists()
+
+
+def test_rerun_with_other_overrides_adds_its_trials_to_the_record(tmp_path, tiny_mnist):
+    """Earlier trials stay in sweep.json (after this run's), and status and report see them."""
+    f = write_sweep(tmp_path / "s.toml", TINY.replace("seed = [0, 1]", "seed = [0]"), name="acc")
+    out = tmp_path / "out"
+    args = ("sweep", str(f), "--cluster", "debug", "--out", str(out), "--data-dir", str(tiny_mnist))
+    assert run_cli(*args).returncode == 0
+    first = json.loads((out / "sweep.json").read_text())
+    assert first["overrides"] == [] and len(first["trials"]) == 1
+
+    proc = run_cli(*args, "--set", "grid.seed=[1]", "--set", "train_limit=128")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 trial(s) of earlier runs" in proc.stdout and proc.stdout.count("submit") == 1
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["overrides"] == ["grid.seed=[1]", "train_limit=128"]
+    new_id = TrainConfig(step="step4", seed=1, epochs=1, train_limit=128,
+                         eval_batch_size=256).trial_id()  # fmt: skip
+    assert [t["trial_id"] for t in record["trials"]] == [new_id, first["trials"][0]["trial_id"]]
+    assert record["trials"][0]["overrides"] == record["overrides"]
+    assert record["trials"][1]["overrides"] == []
+    assert len(record["jobs"]) == 2
+    st = status(out)
+    assert st["counts"]["done"] == 2 and {t["seed"] for t in st["trials"]} == {0, 1}
+    report = run_cli("report", str(out), "--json", "--by", "train_limit")
+    assert report.returncode == 0, report.stderr
+    rep = json.loads(report.stdout)
+    reported = sorted(t for g in rep["groups"] for t in g["trials"])
+    assert reported == sorted(t["trial_id"] for t in record["trials"]) and rep["missing"] == []
+
+    # The first command again: nothing to do, and the override's trial stays listed.
+    proc = run_cli(*args)
+    assert proc.returncode == 0 and "nothing to submit" in proc.stdout
+    assert len(json.loads((out / "sweep.json").read_text())["trials"]) == 2

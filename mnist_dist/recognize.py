@@ -1,0 +1,234 @@
+"""Recognize digits in photos and scans: MNIST's own preprocessing, then a trained model.
+
+    mnist-dist predict runs/s5 digit.png scan.jpg [--json] [--show-input DIR]
+    mnist-dist predict runs/s5/model.onnx digit.png        # an exported file (mnist-dist export)
+
+Any image Pillow reads (PNG, JPEG, ...), any size, colour or grey, dark ink on light paper
+or light on dark, becomes a 28 x 28 MNIST-style digit the way MNIST's were made: grayscale;
+inverted when the paper (the median of the border pixels) is light; cropped to the ink's
+bounding box; the longer side scaled to 20 px, keeping the aspect ratio; placed in 28 x 28
+so that its centre of mass sits at (14, 14), where MNIST's test digits have theirs (mean
+13.99, 14.00); normalised with the training statistics (``data.normalize``).
+
+A model here takes raw pixels: uint8 ``(N, 28, 28)``, light digit on dark, as in MNIST's
+IDX files, and returns log-probabilities ``(N, 10)``. ``Recognizer`` puts the normalisation
+in front of a step model; ``mnist-dist export`` writes exactly that module to a file.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import normalize
+from .errors import ArgumentParser, UserError, cli_errors
+from .fsio import atomic_open
+
+SIZE, BOX = 28, 20  # MNIST: digits size-normalised into a 20 x 20 box inside 28 x 28
+CENTRE = 14.0  # where the centre of mass goes (row, col), pixel-index coordinates
+MIN_CONTRAST = 40  # grey levels between paper and the strongest ink; below that: no ink
+INK_FLOOR = 0.25  # share of the ink contrast a pixel needs to count for the bounding box
+EXTRA = "pip install 'mnist-dist[export]'"
+EXPORTED = {".pt": "torchscript", ".onnx": "onnx"}  # file suffix -> format (mnist-dist export)
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]  # uint8 (N, 28, 28) -> (N, 10) log-probs
+
+
+class Recognizer(nn.Module):
+    """A step model with its input normalisation: uint8 (N, 28, 28) -> (N, 10) log-probs."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(normalize(pixels))
+
+
+# ---- images -> 28 x 28 ----------------------------------------------------------------
+
+
+def read_image(path: Path):
+    """The image at ``path`` as a Pillow image, upright (EXIF); a one-line error otherwise."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            return ImageOps.exif_transpose(img)  # a loaded copy, turned as the camera was
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        why = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise UserError(f"{path}: {why}; give a PNG or JPEG of a digit") from None
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
+        raise UserError(f"{path}: unreadable image ({e}); give a PNG or JPEG of a digit") from None
+
+
+def grayscale(img) -> np.ndarray:
+    """float32 (H, W) in [0, 255]; transparent pixels count as white paper."""
+    from PIL import Image
+
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def preprocess(img, name: str = "image") -> torch.Tensor:
+    """A Pillow image -> uint8 (28, 28), light digit on dark, as MNIST's (module docstring).
+    An image without ink (blank, or flatter than MIN_CONTRAST grey levels) is a UserError."""
+    from scipy.ndimage import center_of_mass
+    from torchvision.transforms.v2 import functional as TF
+
+    gray = grayscale(img)
+    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    paper = float(np.median(border))
+    if paper > 127.5:  # light paper: invert, so the ink is the bright part, as in MNIST
+        gray, paper = 255.0 - gray, 255.0 - paper
+    contrast = float(gray.max()) - paper
+    if contrast < MIN_CONTRAST:
+        raise UserError(
+            f"{name}: no ink found (a blank image, or ink within {MIN_CONTRAST} grey levels of "
+            "the paper); give a digit written dark on light paper or light on dark"
+        )
+    ink = torch.from_numpy(np.clip((gray - paper) / contrast, 0.0, 1.0)).unsqueeze(0)
+    rows, cols = torch.nonzero(ink[0] >= INK_FLOOR, as_tuple=True)
+    top, left = int(rows.min()), int(cols.min())
+    height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
+    scale = BOX / max(height, width)
+    size = [max(1, round(height * scale)), max(1, round(width * scale))]
+    digit = TF.resized_crop(ink, top, left, height, width, size, antialias=True).clamp(0, 1)
+    digit = digit / digit.max()  # strongest ink at full scale, as in MNIST (max 255)
+    cy, cx = center_of_mass(digit[0].numpy())
+    y0 = min(max(round(CENTRE - cy), 0), SIZE - size[0])  # never push ink out of the frame
+    x0 = min(max(round(CENTRE - cx), 0), SIZE - size[1])
+    placed = TF.pad(digit, [x0, y0, SIZE - size[1] - x0, SIZE - size[0] - y0], fill=0.0)
+    return (placed[0] * 255).round().to(torch.uint8)
+
+
+def save_input(pixels: torch.Tensor, path: Path) -> None:
+    """The 28 x 28 image the model saw, as a PNG (atomic)."""
+    from PIL import Image
+
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(pixels.numpy()).save(f, format="PNG")
+
+
+# ---- models: a run folder or an exported file -----------------------------------------
+
+
+def load_classifier(path: Path) -> Classifier:
+    """A run folder's model (headline weights), or a file from ``mnist-dist export``."""
+    if path.is_dir():
+        from .sweepdir import load_trained
+
+        _, net = load_trained(path)
+        return Recognizer(net).eval()
+    if not path.exists():
+        raise UserError(f"{path}: no such run folder or model file")
+    if path.suffix not in EXPORTED:
+        raise UserError(
+            f"{path} is neither a run folder nor an exported model (.pt TorchScript or .onnx); "
+            "see `mnist-dist export --help`"
+        )
+    return load_torchscript(path) if path.suffix == ".pt" else load_onnx(path)
+
+
+def load_torchscript(path: Path) -> Classifier:
+    hint = "give a run folder, or a file from `mnist-dist export RUN --format torchscript`"
+    try:
+        with warnings.catch_warnings():  # torch 2.14 deprecates torch.jit; it still works
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(str(path), map_location="cpu")
+    except (RuntimeError, OSError, ValueError) as e:
+        kind = type(e).__name__
+        raise UserError(f"{path} is not a TorchScript model ({kind}); {hint}") from None
+    return model
+
+
+def load_onnx(path: Path) -> Classifier:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UserError(f"reading an ONNX model needs the export extra: {EXTRA}") from None
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        kind = type(e).__name__
+        raise UserError(
+            f"{path} is not an ONNX model ({kind}); give a file from "
+            "`mnist-dist export RUN --format onnx`"
+        ) from None
+    name = session.get_inputs()[0].name
+    return lambda pixels: torch.from_numpy(session.run(None, {name: pixels.numpy()})[0])
+
+
+# ---- mnist-dist predict ---------------------------------------------------------------
+
+
+def top3(log_probs: torch.Tensor) -> list[list[Any]]:
+    """[[digit, probability], ...], most likely first."""
+    probs, digits = log_probs.exp().topk(3)
+    return [[int(d), round(float(p), 6)] for d, p in zip(digits, probs, strict=True)]
+
+
+def input_paths(folder: Path, images: list[Path]) -> list[Path]:
+    """One PNG per image in ``folder``: its name's stem, numbered when two stems clash."""
+    seen: dict[str, int] = {}
+    out = []
+    for img in images:
+        n = seen[img.stem] = seen.get(img.stem, 0) + 1
+        out.append(folder / (f"{img.stem}.png" if n == 1 else f"{img.stem}-{n}.png"))
+    return out
+
+
+@cli_errors
+def predict_main(argv: list[str] | None = None, prog: str = "mnist-dist predict") -> None:
+    """mnist-dist predict RUN IMAGE... [--json] [--show-input DIR]"""
+    p = ArgumentParser(
+        prog=prog,
+        description="Predict the digit in each image (PNG or JPEG, any size, dark on light "
+        "or light on dark), with the top-3 probabilities.",
+    )
+    p.add_argument("run", help="run folder (mnist-dist train --out), or an exported .pt/.onnx")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    p.add_argument("--show-input", metavar="DIR", help="write the 28x28 image the model saw")
+    args = p.parse_args(argv)
+    paths = [Path(s) for s in args.images]
+    pixels = torch.stack([preprocess(read_image(path), str(path)) for path in paths])
+    classify = load_classifier(Path(args.run))
+    with torch.inference_mode():
+        log_probs = classify(pixels)
+    rows = [
+        dict(image=str(path), digit=int(lp.argmax()), top3=top3(lp))
+        for path, lp in zip(paths, log_probs, strict=True)
+    ]
+    if args.show_input:
+        for row, x, out in zip(
+            rows, pixels, input_paths(Path(args.show_input), paths), strict=True
+        ):
+            try:
+                save_input(x, out)
+            except OSError as e:
+                raise UserError(
+                    f"cannot write {out} ({e.strerror or e}); fix --show-input"
+                ) from None
+            row["input"] = str(out)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        ranked = ", ".join(f"{d} {prob:.4f}" for d, prob in row["top3"])
+        seen = f"  [input: {row['input']}]" if "input" in row else ""
+        print(f"{row['image']}: {row['digit']}  (top 3: {ranked}){seen}")
+
+
+main = predict_main
