@@ -4,6 +4,7 @@ thread counts, the result dict, the checkpoint's scaler state and atomic writes.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,3 +150,6 @@ def test_atomic_open_leaves_the_old_file_on_error_and_no_temporaries(tmp_path):
         raise RuntimeError("preempted mid-write")
     assert json.loads(path.read_text()) == {"a": 1}
     assert sorted(p.name for p in Path(tmp_path).iterdir()) == ["r.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable as any file, not 0600
