@@ -128,3 +128,16 @@ def seed_state(packed: dict[str, torch.Tensor], like: dict[str, torch.Tensor], n
                seeds: int) -> dict[str, torch.Tensor]:  # fmt: skip
     """Seed n's plain state_dict out of a packed one; ``like`` gives the plain keys/shapes."""
     return {k: _seed_view(packed[k], v, n, seeds).clone() for k, v in like.items()}
+
+
+def seed_optimizer_state(packed: dict, plain_params: list[torch.Tensor], n: int,
+                         seeds: int) -> dict:  # fmt: skip
+    """Seed n's optimizer state_dict out of the pack's: parameter i of the pack is parameter
+    i of the plain model (the trees mirror each other), and every per-parameter state
+    (momentum, AdamW's moments; its shared step count) is sliced like the parameter."""
+    state = {
+        i: {k: _seed_view(v, plain_params[i], n, seeds).clone() if v.ndim else v.clone()
+            for k, v in per.items()}
+        for i, per in packed["state"].items()
+    }  # fmt: skip
+    return {"state": state, "param_groups": packed["param_groups"]}

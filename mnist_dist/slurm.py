@@ -27,14 +27,16 @@ CLUSTERS = ("slurm", "local", "debug")
 
 @dataclass
 class Trial:
-    """One trial of a sweep: ``train(config)`` into ``out``, resumable, failure recorded.
+    """One job of a sweep: ``train(config)`` into ``out``, resumable, failure recorded; with
+    several configs (seeds of one config, ``pack_seeds``), ``train --seeds`` of them into
+    the sweep folder, each seed in its own trial folder.
 
     Pickled by submitit into the job; ``checkpoint`` makes it requeue on preemption.
     """
 
-    trial_id: str
-    config: dict[str, Any]  # the resolved TrainConfig
-    out: str  # DIR/<trial_id>
+    trial_ids: list[str]
+    configs: list[dict[str, Any]]  # the resolved TrainConfigs: one, or a pack's seeds
+    out: str  # DIR/<trial_id>, or for a pack the sweep folder DIR
     wandb_group: str  # <sweep>/<config label>: W&B averages seeds of one config only
     data_dir: str | None = None
     wandb: str = "off"
@@ -42,14 +44,19 @@ class Trial:
     cpu: bool = True
     cpus_per_task: int = 1  # threads per process: what SLURM granted, whatever the shell said
 
-    def __call__(self) -> dict[str, Any]:
+    def folders(self) -> list[Path]:
+        if len(self.configs) == 1:
+            return [Path(self.out)]
+        return [Path(self.out) / tid for tid in self.trial_ids]
+
+    def __call__(self) -> Any:
         from .config import Runtime, TrainConfig
         from .train import train
+        from .train_pack import train_seeds
 
         rank = self._export_distributed_env()
         # A stray OMP_NUM_THREADS from the submitting shell must not override the grant.
         os.environ["OMP_NUM_THREADS"] = str(self.cpus_per_task)
-        out = Path(self.out)
         rt = Runtime(
             out=self.out,
             data_dir=self.data_dir,
@@ -61,14 +68,21 @@ class Trial:
             wandb_group=self.wandb_group,
             progress=False,
         )
+        cfg = TrainConfig.from_dict(self.configs[0])
         try:
-            result = train(TrainConfig.from_dict(self.config), rt)
+            if len(self.configs) == 1:
+                result = train(cfg, rt)
+            else:
+                rt.seeds = [c["seed"] for c in self.configs]
+                result = train_seeds(cfg, rt)
         except Exception:  # not BaseException: submitit's requeue exits with SystemExit
             if rank == 0:
-                write_text(out / ERROR, traceback.format_exc())
+                for folder in self.folders():
+                    write_text(folder / ERROR, traceback.format_exc())
             raise
         if rank == 0:
-            (out / ERROR).unlink(missing_ok=True)  # a stale failure from an earlier run
+            for folder in self.folders():  # a stale failure from an earlier run
+                (folder / ERROR).unlink(missing_ok=True)
         return result
 
     def checkpoint(self, *args: Any, **kwargs: Any):
@@ -100,6 +114,11 @@ def check_cluster(cluster: str, res: Resources, configs: list) -> None:
         raise UserError(f"unknown cluster {cluster!r}; choose one of: {', '.join(CLUSTERS)}")
     if cluster == "debug" and res.nodes * res.tasks > 1:
         raise UserError("--cluster debug runs one process in this one; use local or slurm")
+    if res.pack_seeds > 1 and res.nodes * res.tasks > 1:
+        raise UserError(
+            "[resources] pack_seeds packs seeds in one process; it cannot also run "
+            f"{res.nodes * res.tasks} processes per trial: set nodes and tasks_per_node to 1"
+        )
     if cluster == "debug" and len({c.mixed_precision for c in configs}) > 1:
         raise UserError(
             "--cluster debug runs every trial in this one process, and Accelerate fixes mixed "

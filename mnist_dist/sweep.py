@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .config import TrainConfig
 from .errors import ArgumentParser, UserError, cli_errors
 from .slurm import CLUSTERS, Trial, check_cluster, make_executor, submit_array
 from .sweepdir import (
@@ -135,6 +136,8 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
             trials=trials + earlier_trials(old, trials),
             jobs=old.get("jobs", []),
         )
+        if spec.resources.pack_seeds > 1:  # recorded: a rerun finds the same packs
+            record["packs"] = make_packs(trials, spec.resources.pack_seeds)
         todo = plan(spec, out, dict(record, trials=trials), args.cluster, args.overrides)
         if len(record["trials"]) > len(trials):
             kept = len(record["trials"]) - len(trials)
@@ -188,24 +191,48 @@ def plan(
     return [t for t in trials if actions[t["trial_id"]] == "submit"]
 
 
+def make_packs(trials: list[dict[str, Any]], n: int) -> list[list[str]]:
+    """Seeds of one config in jobs of up to n: a config's trials sorted by seed, in chunks.
+    Deterministic, so a rerun forms the same packs; n = 1: one trial per job."""
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for t in trials:
+        key = TrainConfig.from_dict(t["config"]).config_hash() if n > 1 else t["trial_id"]
+        by_config.setdefault(key, []).append(t)
+    packs = []
+    for group in by_config.values():
+        ids = [t["trial_id"] for t in sorted(group, key=lambda t: t["config"]["seed"])]
+        packs += [ids[i : i + n] for i in range(0, len(ids), n)]
+    return packs
+
+
 def submit(spec, out: Path, record, todo, configs, args) -> None:
-    """Submit the todo trials: one SLURM job array, or processes here (local, debug)."""
+    """Submit the todo trials: one SLURM job array, or processes here (local, debug).
+
+    With ``pack_seeds`` N > 1, a job trains a pack of up to N seeds of one config; a pack
+    with any trial to submit is submitted whole, and its finished seeds are kept (resume).
+    """
     res = spec.resources
     by_id = {c.trial_id(): c for c in configs}
     folders = trial_folders(out, record)
+    submit_ids = [t["trial_id"] for t in todo]  # in plan order
+    if record.get("packs"):  # the recorded packs, less trials that are done or queued
+        packs = [[i for i in p if i in submit_ids] for p in record["packs"]]
+        packs = [p for p in packs if p]
+    else:
+        packs = [[i] for i in submit_ids]
     jobs = [
         Trial(
-            trial_id=t["trial_id"],
-            config=t["config"],
-            out=str(folders[t["trial_id"]].resolve()),
-            wandb_group=f"{spec.name}/{by_id[t['trial_id']].label()}",
+            trial_ids=ids,
+            configs=[by_id[i].to_dict() for i in ids],
+            out=str((folders[ids[0]] if len(ids) == 1 else out).resolve()),
+            wandb_group=f"{spec.name}/{by_id[ids[0]].label()}",
             data_dir=args.data_dir,
             wandb=spec.wandb.mode,
             wandb_project=spec.wandb.project,
             cpu=res.gpus_per_node == 0,
             cpus_per_task=res.cpus_per_task,
         )
-        for t in todo
+        for ids in packs
     ]
     token = secrets.token_hex(6)  # names our jobs to squeue: job numbers are reused
     executor = make_executor(args.cluster, out.resolve(), spec.name, res, token)
@@ -214,7 +241,8 @@ def submit(spec, out: Path, record, todo, configs, args) -> None:
         for job, trial in zip(submitted, jobs, strict=True):
             add_job(record, job.job_id, trial, "slurm", token)
         write_record(out, record)  # once per array
-        print(f"submitted {len(jobs)} trials as job array {submitted[0].job_id.split('_')[0]}")
+        array_id = submitted[0].job_id.split("_")[0]
+        print(f"submitted {len(todo)} trials in {len(jobs)} jobs as job array {array_id}")
     else:  # local and debug run here, so they always wait
         run_here(out, record, executor, jobs, args.cluster, res.array_parallelism, args.poll)
 
@@ -223,7 +251,7 @@ def add_job(record: dict[str, Any], job_id: str, trial: Trial, cluster: str, tok
     record["jobs"].append(
         dict(
             job_id=str(job_id),
-            trial_ids=[trial.trial_id],
+            trial_ids=list(trial.trial_ids),
             cluster=cluster,
             submitted=now(),
             token=token,
@@ -240,16 +268,15 @@ def run_here(out, record, executor, trials, cluster, parallelism, poll) -> None:
             add_job(record, job.job_id, trial, cluster, "")
             write_record(out, record)
             err = job.exception()  # runs it; unlike result(), never opens a debugger
-            print(
-                f"[{i}/{len(trials)}] {trial.trial_id}: {'failed: ' + str(err) if err else 'done'}"
-            )
+            what = ", ".join(trial.trial_ids)
+            print(f"[{i}/{len(trials)}] {what}: {'failed: ' + str(err) if err else 'done'}")
         return
     queue, running = list(trials), {}
     last = ""
     while queue or running:
         while queue and len(running) < parallelism:
             trial = queue.pop(0)
-            running[trial.trial_id] = job = executor.submit(trial)
+            running[trial.trial_ids[0]] = job = executor.submit(trial)
             add_job(record, job.job_id, trial, cluster, "")
             write_record(out, record)
         running = {t: j for t, j in running.items() if not j.done()}

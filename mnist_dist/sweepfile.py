@@ -71,6 +71,7 @@ class Resources:
     array_parallelism: int = 16  # trials of one array running at once
     signal_delay_s: int = 90  # SIGUSR2 this many seconds before the time limit
     max_num_timeout: int = 30  # times a timed-out trial is requeued (submitit's default: 3)
+    pack_seeds: int = 1  # seeds of one config trained as one grouped net per job (train --seeds)
     sbatch_extra: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH --key=value
     setup: list[str] = field(default_factory=list)  # shell lines before srun (module load ...)
 
@@ -268,7 +269,8 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
 
 def _check_resources(spec: SweepSpec) -> None:
     r, where = spec.resources, f"{spec.file} [resources]"
-    for key in ("time_min", "nodes", "cpus_per_task", "array_parallelism", "max_num_timeout"):
+    keys = ("time_min", "nodes", "cpus_per_task", "array_parallelism", "max_num_timeout")
+    for key in keys + ("pack_seeds",):
         if getattr(r, key) < 1:
             raise UserError(f"{where}.{key} must be at least 1, got {getattr(r, key)}")
     if r.gpus_per_node < 0 or r.mem_gb <= 0 or r.signal_delay_s < 0:

@@ -26,7 +26,7 @@ from .data import eval_batches, load_mnist
 from .errors import UserError
 from .fsio import atomic_open, write_json
 from .models import count_params
-from .pack import load_seed, pack_model, seed_state
+from .pack import load_seed, pack_model, seed_optimizer_state, seed_state
 from .runinfo import cpu_threads, git_commit, make_result, run_env
 from .sweepdir import CHECKPOINT, CONFIG, RESULT, save_checkpoint
 from .tracking import Tracker
@@ -146,22 +146,28 @@ def train_pack(cfgs: list[TrainConfig], rt: Runtime, parent: Path, folders) -> d
                train_images=len(batches[0].x), test_images=len(data.test_x))  # fmt: skip
     results = {}
     for n, c in enumerate(cfgs):
-        results[c.seed] = finish_seed(c, n, nets[n], pack, ema, histories[c.seed], seeds, env,
-                                      wall, folders[c.seed])  # fmt: skip
+        opt = (optimizer, scheduler)
+        results[c.seed] = finish_seed(c, n, nets[n], pack, ema, opt, histories[c.seed], seeds,
+                                      env, wall, folders[c.seed])  # fmt: skip
         trackers[c.seed].finish(results[c.seed])
     accelerator.end_training()
     return results
 
 
-def finish_seed(cfg, n, net, pack, ema, history, seeds, env, wall, folder) -> dict:
-    """Seed n's standard checkpoint and result.json, cut out of the pack."""
+def finish_seed(cfg, n, net, pack, ema, opt, history, seeds, env, wall, folder) -> dict:
+    """Seed n's standard checkpoint and result.json, cut out of the pack: the checkpoint
+    is the one its separate run would have written (model, optimizer, scheduler, EMA)."""
     like, count = net.state_dict(), len(seeds)
     model = seed_state(pack.state_dict(), like, n, count)
+    optimizer, scheduler = opt
+    opt_state = seed_optimizer_state(optimizer.state_dict(), list(net.parameters()), n, count)
     ema_state = None
     if ema is not None:
         ema_like = {f"module.{k}": v for k, v in like.items()} | {"n_averaged": ema.n_averaged}
         ema_state = seed_state(ema.state_dict(), ema_like, n, count)
-    state = dict(epoch=len(history), model=model, ema=ema_state, history=history,
+    state = dict(epoch=len(history), model=model, optimizer=opt_state,
+                 scheduler=scheduler.state_dict(), scaler=None, ema=ema_state,
+                 rng=torch.get_rng_state(), cuda_rng=None, history=history,
                  config=cfg.to_dict(), world_size=1, wall_seconds=wall)  # fmt: skip
     save_checkpoint(folder / CHECKPOINT, state)
     env = dict(env)

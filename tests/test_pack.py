@@ -56,7 +56,24 @@ def packed_vs_separate(tmp_path, data, args, seeds=(0, 1, 2)):
         b = read(sep / "result.json")
         a = read(tmp_path / "p" / b["trial_id"] / "result.json")  # same trial id
         out[s] = (a, b)
+        assert_same_checkpoint(tmp_path / "p" / b["trial_id"], sep)
     return out
+
+
+def assert_same_checkpoint(packed, separate) -> None:
+    """A packed seed's checkpoint is the one its separate run writes: model, optimizer
+    state (momentum, AdamW moments), scheduler, EMA; so it resumes and loads as any run."""
+    a = torch.load(packed / "checkpoint.pt", weights_only=False)
+    b = torch.load(separate / "checkpoint.pt", weights_only=False)
+    for key, value in b["model"].items():
+        assert torch.allclose(a["model"][key], value, atol=1e-8, rtol=0), key
+    for i, per in b["optimizer"]["state"].items():
+        for k, v in per.items():
+            assert torch.allclose(a["optimizer"]["state"][i][k], v, atol=1e-8, rtol=0), (i, k)
+    assert a["scheduler"] == b["scheduler"] and a["epoch"] == b["epoch"]
+    assert (a["ema"] is None) == (b["ema"] is None)
+    for key, value in (b["ema"] or {}).items():
+        assert torch.allclose(a["ema"][key], value, atol=1e-8, rtol=0), key
 
 
 @pytest.mark.parametrize(

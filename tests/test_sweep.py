@@ -247,6 +247,39 @@ def test_debug_cluster_refuses_a_mixed_precision_grid(tmp_path, tiny_mnist):
     assert not out.exists()
 
 
+def test_pack_seeds_trains_each_configs_seeds_in_packs(tmp_path, tiny_mnist):
+    """pack_seeds = 2 over seeds 0-2: packs [0, 1] and [2], recorded; reruns keep them."""
+    body = TINY.replace("seed = [0, 1]", "seed = [2, 0, 1]") + "pack_seeds = 2\n"
+    f = write_sweep(tmp_path / "s.toml", body, name="packed")
+    out = tmp_path / "out"
+    args = ("sweep", str(f), "--cluster", "local", "--out", str(out), "--data-dir", str(tiny_mnist))
+    proc = run_cli(*args, "--poll", "0.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "sweep.json").read_text())
+    seed_of = {t["trial_id"]: t["config"]["seed"] for t in record["trials"]}
+    assert [[seed_of[i] for i in p] for p in record["packs"]] == [[0, 1], [2]]
+    assert sorted(len(j["trial_ids"]) for j in record["jobs"]) == [1, 2]  # one job per pack
+    results = {seed_of[p.parent.name]: json.loads(p.read_text()) for p in out.glob("*/result.json")}
+    assert results[0]["packed_with"] == [1] and results[1]["packed_with"] == [0]
+    assert "packed_with" not in results[2]  # a pack of one takes the plain path
+    assert not list(out.glob("*/error.txt")) and list(out.glob(".packs/*.pt"))
+    # A lost result: the rerun submits its pack's missing seed only.
+    (out / [t for t, s in seed_of.items() if s == 1][0] / "result.json").unlink()
+    proc = run_cli(*args, "--poll", "0.5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "submitted" not in proc.stdout or "1 trials in 1 jobs" in proc.stdout
+    assert proc.stdout.count("skip (done)") == 2 and status(out)["counts"]["done"] == 3
+    assert json.loads((out / "sweep.json").read_text())["packs"] == record["packs"]
+
+
+def test_pack_seeds_refuses_several_processes_per_trial(tmp_path):
+    body = TINY + "pack_seeds = 4\ntasks_per_node = 2\n"
+    f = write_sweep(tmp_path / "s.toml", body, name="bad")
+    proc = run_cli("sweep", str(f), "--cluster", "local", "--out", str(tmp_path / "o"))
+    assert_one_line_error(proc, "pack_seeds", "cannot also run 2 processes")
+    assert not (tmp_path / "o").exists()
+
+
 def test_local_two_tasks_over_gloo(tmp_path, tiny_mnist):
     """tasks_per_node = 2: submitit's TorchDistributedEnvironment -> Accelerate MULTI_CPU."""
     body = TINY.replace("seed = [0, 1]", "seed = [0]") + "tasks_per_node = 2\n"
