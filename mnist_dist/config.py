@@ -20,6 +20,7 @@ from .models import MODELS
 # its augmentation (rotation +-15 degrees, a 22-px centre crop with p=0.1). A field at its
 # base value reproduces the origin exactly and stays out of the trial id.
 BASE_RECIPE: dict[str, Any] = dict(
+    momentum=0.9,
     scheduler="step",
     weight_decay=0.0,
     optimizer="sgd",
@@ -43,7 +44,18 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Beyond the study: OneCycle (lr = its peak), chosen on a 5,000-image validation split.
     "step5": dict(scheduler="onecycle", lr=0.05, batch_size=64, epochs=15),
     "step6": dict(scheduler="onecycle", lr=0.05, batch_size=64, epochs=15),
-}
+    # Candidates of the issue #12 search, each with its published design's recipe
+    # (results/goal/): their tuned variants are sweep overrides, their winners new steps.
+    "b7784": dict(scheduler="onecycle", lr=0.05, pct_start=0.2, label_smoothing=0.02,
+                  batch_size=128, epochs=15, rotate_deg=10.0, crop_p=0.0, translate=0.1),
+    "c6198": dict(scheduler="onecycle", lr=0.05, momentum=0.98, weight_decay=5e-5,
+                  batch_size=64, epochs=15, rotate_deg=10.0, crop_p=0.0, translate=0.1),
+    "a7608": dict(optimizer="adamw", lr=0.005, lr_step=8, lr_gamma=0.1, batch_size=64,
+                  epochs=15, rotate_deg=10.0, crop_p=0.0, translate=0.1),
+    "d3702": dict(scheduler="onecycle", lr=0.1, pct_start=0.2, anneal="linear", momentum=0.0,
+                  batch_size=32, epochs=15, rotate_deg=10.0, crop_p=0.0, translate=0.1,
+                  scale=0.1),
+}  # fmt: skip
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULERS = ("step", "onecycle")
@@ -69,7 +81,7 @@ class TrainConfig:
     epochs: int | None = _field(None, "training epochs")
     batch_size: int | None = _field(None, "images per optimizer step, per process (as in DDP)")
     lr: float | None = _field(None, "learning rate (OneCycle: its peak)")
-    momentum: float = _field(0.9, "SGD momentum")
+    momentum: float | None = _field(None, "SGD momentum")
     scheduler: str | None = _field(
         None, "step: StepLR per epoch; onecycle: OneCycleLR per batch", choices=SCHEDULERS
     )

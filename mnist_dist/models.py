@@ -147,6 +147,75 @@ def step6() -> nn.Module:
     )
 
 
+# ---- candidates of the issue #12 search (results/goal/): published sub-8k designs ----
+
+
+def b7784() -> nn.Module:
+    """7-7-10 | 10-12 | 16-18, GAP + linear: a published 7,784-param design."""
+    return nn.Sequential(
+        *cbr(1, 7),  # 7x28x28
+        *cbr(7, 7),  # 7x28x28
+        *cbr(7, 10),  # 10x28x28
+        nn.MaxPool2d(2),  # 10x14x14
+        *cbr(10, 10),  # 10x14x14
+        *cbr(10, 12),  # 12x14x14
+        nn.MaxPool2d(2),  # 12x7x7
+        *cbr(12, 16),  # 16x7x7
+        *cbr(16, 18),  # 18x7x7
+        GAPLinear(18),  # 10
+    )
+
+
+def c6198() -> nn.Module:
+    """8-10 | 12 | 16-16, a 1x1 conv to 10, GAP: after a published 6,260-param design;
+    its 28 px work is a third of step5's."""
+    return nn.Sequential(
+        *cbr(1, 8),  # 8x28x28
+        *cbr(8, 10),  # 10x28x28
+        nn.MaxPool2d(2),  # 10x14x14
+        *cbr(10, 12),  # 12x14x14
+        nn.MaxPool2d(2),  # 12x7x7
+        *cbr(12, 16),  # 16x7x7
+        *cbr(16, 16),  # 16x7x7
+        nn.Conv2d(16, 10, 1),  # 10x7x7: the logits, per position
+        LogSoftmaxHead(),  # 10
+    )
+
+
+def a7608() -> nn.Module:
+    """Three 10-channel convs at 28 px, then 16-16-8-8 unpadded, a 1x1 conv, GAP: after a
+    published 7,918-param design."""
+    unpadded = lambda cin, cout: [  # noqa: E731
+        nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+    ]  # fmt: skip
+    return nn.Sequential(
+        *cbr(1, 10),  # 10x28x28
+        *cbr(10, 10),  # 10x28x28
+        *cbr(10, 10),  # 10x28x28
+        nn.MaxPool2d(2),  # 10x14x14
+        *unpadded(10, 16),  # 16x12x12
+        *unpadded(16, 16),  # 16x10x10
+        *unpadded(16, 8),  # 8x8x8
+        *unpadded(8, 8),  # 8x6x6
+        nn.Conv2d(8, 10, 1),  # 10x6x6
+        LogSoftmaxHead(),  # 10
+    )
+
+
+def d3702() -> nn.Module:
+    """Three blocks of three same-padded convs, 4 | 8 | 8 channels, GAP + 1x1: after a
+    published 3,762-param design (stretch: <= 4k)."""
+    return nn.Sequential(
+        *cbr(1, 4), *cbr(4, 4), *cbr(4, 4),  # 4x28x28
+        nn.MaxPool2d(2),  # 4x14x14
+        *cbr(4, 8), *cbr(8, 8), *cbr(8, 8),  # 8x14x14
+        nn.MaxPool2d(2),  # 8x7x7
+        *cbr(8, 8), *cbr(8, 8), *cbr(8, 8),  # 8x7x7
+        nn.Conv2d(8, 10, 1),  # 10x7x7
+        LogSoftmaxHead(),  # 10
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class StepModel:
     name: str
@@ -163,6 +232,10 @@ MODELS: dict[str, StepModel] = {
         StepModel("step4", step4, "origin step 4: 128-wide stem, BN, GAP then 1x1 classifier"),
         StepModel("step5", step5, "beyond: <8k params, same-padded CBR blocks, GAP + linear"),
         StepModel("step6", step6, "beyond: <=4k params, step5 narrowed"),
+        StepModel("b7784", b7784, "candidate (issue #12): 7-7-10|10-12|16-18, GAP + linear"),
+        StepModel("c6198", c6198, "candidate (issue #12): 8-10|12|16-16, 1x1 conv, GAP"),
+        StepModel("a7608", a7608, "candidate (issue #12): 10-10-10|16-16-8-8 unpadded, GAP"),
+        StepModel("d3702", d3702, "candidate (issue #12, <=4k): 4x3|8x3|8x3, 1x1 conv, GAP"),
     ]
 }
 

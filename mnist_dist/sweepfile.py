@@ -10,7 +10,7 @@ A sweep file (see ``jobs/*.toml`` and the README's "Sweep files")::
     epochs = 1
     [[trials]]                     # explicit extra trials, each over [defaults]
     step = "step2"
-    seed = 7
+    seed = [7, 8]                  # a list: this table's own small grid
     [resources]                    # see Resources
     cpus_per_task = 1
     [wandb]
@@ -159,6 +159,23 @@ def _strict(cls: type, table: Any, where: str) -> dict[str, Any]:
     return {k: _check_value(v, hints[k], f"{where}.{k}") for k, v in table.items()}
 
 
+def _trial_points(table: Any, where: str) -> list[dict[str, Any]]:
+    """One [[trials]] table -> its trials: a list value is a small grid of its own
+    (``seed = [0, 1, 2]`` gives three trials of that table), in key order."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where} must be a table, got {table!r}")
+    lists = {k: v for k, v in table.items() if isinstance(v, list)}
+    for key, values in lists.items():
+        if not values:
+            raise UserError(f"empty grid: {where}.{key} is an empty list")
+    scalars = _train_fields({k: v for k, v in table.items() if k not in lists}, where)
+    checked = {k: [_train_fields({k: v}, where)[k] for v in vs] for k, vs in lists.items()}
+    return [
+        {**scalars, **dict(zip(checked, combo, strict=True))}
+        for combo in itertools.product(*checked.values())
+    ]
+
+
 def _train_fields(table: Any, where: str) -> dict[str, Any]:
     if isinstance(table, dict) and "world_size" in table:
         raise UserError(
@@ -248,7 +265,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
     trials = data.get("trials", [])
     if not isinstance(trials, list):
         raise UserError(f"{path}: trials must be an array of tables ([[trials]])")
-    trials = [_train_fields(t, f"{path} trials[{i}]") for i, t in enumerate(trials)]
+    trials = [
+        t for i, table in enumerate(trials) for t in _trial_points(table, f"{path} trials[{i}]")
+    ]
     resources = Resources(**_strict(Resources, data.get("resources", {}), f"{path} [resources]"))
     wandb = Wandb(**_strict(Wandb, data.get("wandb", {}), f"{path} [wandb]"))
     spec = SweepSpec(

@@ -70,6 +70,23 @@ def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, body, fra
     assert not out.exists()
 
 
+def test_a_trials_table_with_lists_is_its_own_small_grid(tmp_path):
+    body = (
+        '[[trials]]\nstep = "step4"\nseed = [0, 1]\nlr = [0.01, 0.02]\n'
+        '[[trials]]\nstep = "step5"\nseed = 3\n'
+    )
+    f = write_sweep(tmp_path / "s.toml", body)
+    proc = run_cli("sweep", str(f), "--dry-run", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr
+    assert "would submit 5 of 5 trials" in proc.stdout
+    rows = re.findall(r"^(step\d)-s(\d)-\w+ +step\d +\d +.*?(0\.0\d+|0\.05)", proc.stdout, re.M)
+    assert sorted(rows) == sorted(
+        [("step4", s, lr) for s in "01" for lr in ("0.01", "0.02")] + [("step5", "3", "0.05")]
+    )
+    bad = write_sweep(tmp_path / "b.toml", '[[trials]]\nstep = "step4"\nseed = []\n')
+    assert_one_line_error(run_cli("sweep", str(bad), "--dry-run"), "empty grid", "trials[0].seed")
+
+
 def test_missing_file(tmp_path):
     proc = run_cli("sweep", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o"))
     assert_one_line_error(proc, "nope.toml", "not found")
@@ -107,7 +124,8 @@ def test_slurm_unreachable_submits_nothing(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, n", [("seed_sweep", 10), ("study", 25), ("bf16_check", 10), ("smoke", 4)]
+    "name, n",
+    [("seed_sweep", 10), ("study", 25), ("bf16_check", 10), ("smoke", 4), ("goal_search", 45)],
 )
 def test_shipped_sweep_files_dry_run(tmp_path, name, n):
     out = tmp_path / "out"
