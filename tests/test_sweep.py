@@ -132,7 +132,7 @@ def test_shipped_sweep_files_dry_run(tmp_path, name, n):
     proc = run_cli("sweep", str(REPO / "jobs" / f"{name}.toml"), "--dry-run", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert f"would submit {n} of {n} trials" in proc.stdout
-    ids = re.findall(r"^(step\d-s\d+-[0-9a-f]{10}) ", proc.stdout, re.M)
+    ids = re.findall(r"^(\w+-s\d+-[0-9a-f]{10}) ", proc.stdout, re.M)
     assert len(set(ids)) == n
     if name == "seed_sweep":  # the id is the resolved config's hash, seed included
         assert ids == [TrainConfig(step="step4", seed=s).trial_id() for s in range(10)]
