@@ -124,6 +124,7 @@ def render_table(
     out += [line(r) for r in rows]
     out.append(f"best-epoch test accuracy ({BEST_LABEL}):")
     out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    out += [f"  {line}" for line in weights_lines(groups)]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
     if ref:
@@ -132,6 +133,20 @@ def render_table(
         out += compare.render_text(comparisons, metric_label(metric))
     out += missing_lines(missing)
     return "\n".join(out)
+
+
+def weights_lines(groups: list[dict]) -> list[str]:
+    """With an EMA, both sets of weights' final accuracy, the headline named."""
+    lines = []
+    for g in groups:
+        w = g.get("weights")
+        if w:
+            lines.append(
+                f"{g['label']}: final {w['split']} accuracy, model weights "
+                f"{fmt_mean_std(w['model'])}, EMA weights {fmt_mean_std(w['ema'])} "
+                f"(headline: {w['headline']})"
+            )
+    return ["plain and EMA weights:"] + lines if lines else []
 
 
 def missing_lines(missing: list[dict]) -> list[str]:
@@ -192,6 +207,7 @@ def render_markdown(
         out.append("| " + " | ".join(cells) + " |")
     out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
     out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    out += [""] + [f"- {line}" for line in weights_lines(groups)] if weights_lines(groups) else []
     if comparisons is not None:
         out += [""] + compare.render_markdown(comparisons, metric_label(metric))
     out += [""] + [ln.replace("  ", "- ", 1) for ln in missing_lines(missing)]

@@ -253,8 +253,20 @@ def one_group(by: str, group: Group, metric: str = DEFAULT_METRIC) -> dict[str, 
         trials=[r.get("trial_id") for r in runs],
         train_acc=summarize(train) if train else None,  # final epoch, augmented train set
         best_epoch_test_acc=dict(summarize(best), label=BEST_LABEL) if best else None,
+        weights=both_weights(runs),
     )
     return row
+
+
+def both_weights(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """With an EMA, both sets of weights' final accuracies (test, else validation) over the
+    seeds, whichever the recipe's headline is; None without one."""
+    for split in ("test", "val"):
+        keys = {w: f"final_{w}_{split}_acc" for w in ("model", "ema")}
+        if all(r.get(k) is not None for r in runs for k in keys.values()):
+            out = {w: summarize([float(r[k]) for r in runs]) for w, k in keys.items()}
+            return dict(out, split=split, headline=one_or_list(r.get("headline") for r in runs))
+    return None
 
 
 def fmt_ci(group: dict[str, Any], digits: int = 3) -> str:

@@ -280,3 +280,17 @@ def test_unknown_metric_is_one_line_listing_the_numeric_keys(tmp_path, metric, f
     root = write_sweep(tmp_path / "s", results)
     proc = run_cli("report", str(root), "--metric", metric)
     assert_one_line_error(proc, fragment, "numeric keys: ", "final_test_acc")
+
+
+def test_ema_runs_show_both_weights_and_name_the_headline(tmp_path):
+    results = synthetic_results(seeds=3)[3:]  # step4 seeds 0-2
+    for i, r in enumerate(results):
+        r.update(headline="ema", final_model_test_acc=99.1 + i / 10, final_ema_test_acc=99.3)
+    root = write_sweep(tmp_path / "s", results)
+    proc = run_cli("report", str(root), "--markdown", str(tmp_path / "r.md"))
+    assert proc.returncode == 0, proc.stderr
+    line = "final test accuracy, model weights 99.20 ± 0.10 (n=3), EMA weights 99.30"
+    assert line in proc.stdout and "(headline: ema)" in proc.stdout
+    assert line in (tmp_path / "r.md").read_text()
+    (g,) = json.loads(run_cli("report", str(root), "--json").stdout)["groups"]
+    assert g["weights"]["model"]["mean"] == pytest.approx(99.2) and g["weights"]["split"] == "test"
