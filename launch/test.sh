@@ -3,6 +3,11 @@
 #   bash launch/test.sh [pytest args]
 # Starts the local single-node SLURM cluster when we can (root), so the real-cluster tests
 # run rather than skip, then runs the whole suite with the active python.
+# Cluster shapes: tests/test_slurm_cluster.py submits to this default one-node cluster;
+# tests/test_multinode.py brings up a second, two-node cluster of its own
+# (local_slurm.sh start --nodes 2, with its own SLURM_CONF, state folder, ports 6917/6918
+# and namespaces on 10.77.1.0/24) for its module and stops it afterwards; it skips, saying
+# why, when not root or when namespaces cannot be made.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"

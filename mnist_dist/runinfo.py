@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -78,12 +79,17 @@ def versions() -> dict[str, str]:
 
 
 def run_env(accelerator, rt: Runtime) -> dict[str, Any]:
-    """Where and how the run ran: not part of its identity, recorded to explain reruns."""
+    """Where and how the run ran: not part of its identity, recorded to explain reruns.
+
+    A collective (``hosts``: every process's hostname, by rank): call it on every rank.
+    """
     import torch
+    from accelerate.utils import gather_object
 
     device = accelerator.device
     return dict(
         world_size=accelerator.num_processes,
+        hosts=gather_object([socket.gethostname()]),
         device=str(device),
         device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         threads=torch.get_num_threads(),

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
                 "versions", "git_commit"):  # fmt: skip
         assert key in result, key
     assert result["params"] == 7074 and result["world_size"] == 1
+    assert result["hosts"] == [socket.gethostname()]  # one per rank
     assert result["test_images"] == 256 and result["train_images"] == 256
     (row,) = result["history"]
     assert set(row) >= {

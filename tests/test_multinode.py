@@ -1,0 +1,255 @@
+"""Two-node tests on a real SLURM cluster of their own (``local_slurm.sh start --nodes 2``).
+
+    python -m pytest tests/test_multinode.py -q     # as root
+
+The module starts a second, independent cluster (its own slurm.conf, state folder, ports
+6917/6918, cluster name, partition, and namespaces on 10.77.1.0/24), so the default
+one-node cluster that tests/test_slurm_cluster.py uses keeps running untouched; every
+SLURM command here goes to it through ``SLURM_CONF``, and the module stops it at the end.
+Skipped, with the reason, when not root or when namespaces cannot be made here.
+Data: a tiny IDX set (2,048 training images), so that an epoch takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, make_tiny_mnist, run_cli
+
+STATE = Path("/var/tmp/mnist-dist-slurm-test2")
+CLUSTER = "mdtest2"
+NODES = [f"{CLUSTER}-n0", f"{CLUSTER}-n1"]
+ENV = {
+    "SLURM_CONF": str(STATE / "slurm.conf"),
+    "MNIST_SLURM_STATE": str(STATE),
+    "MNIST_SLURM_CLUSTER": CLUSTER,
+    "MNIST_SLURM_PARTITION": "two",
+    "MNIST_SLURM_CTLD_PORT": "6917",
+    "MNIST_SLURM_SLURMD_PORT": "6918",
+    "MNIST_SLURM_NET": "10.77.1",
+}
+SCRIPT = str(REPO / "launch" / "local_slurm.sh")
+TOML = str(REPO / "jobs" / "smoke_2node.toml")
+TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock, differ between any two runs
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root: it starts SLURM daemons and network namespaces"
+    missing = [t for t in ("unshare", "nsenter", "ip", "sbatch") if shutil.which(t) is None]
+    if missing:
+        return f"{', '.join(missing)} not found"
+    probe = subprocess.run(["unshare", "--net", "--uts", "true"], capture_output=True, text=True)
+    if probe.returncode:
+        return f"cannot make namespaces here: {probe.stderr.strip()}"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(bool(_why_not()), reason=_why_not() or "")]
+
+
+def script(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        ["bash", SCRIPT, *args], capture_output=True, text=True, env={**os.environ, **ENV}
+    )
+    return proc
+
+
+def slurm(*cmd: str) -> str:
+    """A SLURM client command against the test cluster (SLURM_CONF named explicitly)."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **ENV})
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    """The two-node cluster, with every command of the module pointed at it."""
+    proc = script("start", "--nodes", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in ENV.items():
+            mp.setenv(key, value)
+        yield
+    if not (STATE / "owned").is_file():  # test_stop_... stopped it
+        return
+    env = {**os.environ, **ENV}
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env)
+    if queue.returncode == 0 and queue.stdout.split():  # a failed test's job: end it first
+        subprocess.run(["scancel", *queue.stdout.split()], env=env)
+        time.sleep(2)
+    script("stop")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return make_tiny_mnist(tmp_path_factory.mktemp("data"), n_train=2048)
+
+
+def torchrun_reference(data_dir: Path, out: Path) -> subprocess.Popen:
+    """jobs/smoke_2node.toml's trial as one node's two processes (gloo), started now."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "mnist_dist.train", "--step", "step2", "--seed", "0", "--epochs", "3",
+           "--train-limit", "2000", "--batch-size", "32", "--optimizer", "adamw", "--lr", "0.003",
+           "--cpu", "--threads", "1", "--no-progress", "--data-dir", str(data_dir),
+           "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def results(out: Path) -> list[dict]:
+    record = json.loads((out / "sweep.json").read_text())
+    return [json.loads((out / t["trial_id"] / "result.json").read_text()) for t in record["trials"]]
+
+
+@pytest.fixture(scope="module")
+def two_node(tmp_path_factory, data_dir) -> dict:
+    """jobs/smoke_2node.toml run to the end, and the torchrun reference run beside it."""
+    tmp = tmp_path_factory.mktemp("two_node")
+    ref = torchrun_reference(data_dir, tmp / "ref")
+    proc = run_cli(
+        *("sweep", TOML, "--cluster", "slurm", "--out", str(tmp / "s")),
+        *("--wait", "--poll", "1", "--data-dir", str(data_dir)),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()
+    (result,) = results(tmp / "s")
+    return dict(result=result, ref=json.loads((tmp / "ref" / "result.json").read_text()))
+
+
+def test_two_idle_nodes_each_declare_half_the_machine():
+    rows = [line.split() for line in slurm("sinfo", "-h", "-N", "-o", "%N %t %c %P").splitlines()]
+    assert sorted(r[0] for r in rows) == NODES and {r[1] for r in rows} <= {"idle", "mix", "alloc"}
+    machine = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+    cpus = int(machine.split(" CPUs=")[1].split()[0])
+    assert {int(r[2]) for r in rows} == {cpus // 2} and {r[3] for r in rows} == {"two*"}
+    hosts = Path("/etc/hosts").read_text()
+    assert f"10.77.1.1 {NODES[0]} " in hosts and f"10.77.1.2 {NODES[1]} " in hosts
+    again = script("start", "--nodes", "2")  # idempotent: a running cluster is only checked
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("local_slurm: cluster up") and again.stdout.count("\n") == 1
+    bad = script("start", "--nodes", "0")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--nodes" in bad.stderr
+
+
+def test_two_node_trial_runs_on_both_nodes_and_matches_one_node_two_processes(two_node):
+    got, want = two_node["result"], two_node["ref"]
+    assert got["world_size"] == want["world_size"] == 2
+    assert sorted(got["hosts"]) == NODES  # one process on each node, names gathered by rank
+    assert got["trial_id"] == want["trial_id"]  # the same config, the same identity
+    assert got["threads"] == 1  # cpus_per_task
+    assert len(got["history"]) == 3 and got["history"][-1]["train_acc"] > 50  # it learns
+    for a, b in zip(strip(got["history"]), strip(want["history"]), strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], abs=1e-5), (a["epoch"], key)
+
+
+def test_job_array_trials_run_on_both_nodes(tmp_path, data_dir):
+    """jobs/smoke.toml's 4 one-CPU trials, 2 at a time: one node each, as result.json says."""
+    out = tmp_path / "s"
+    proc = run_cli(
+        *("sweep", str(REPO / "jobs" / "smoke.toml"), "--cluster", "slurm", "--out", str(out)),
+        *("--wait", "--poll", "1", "--data-dir", str(data_dir)),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    done = results(out)
+    assert len(done) == 4 and all(r["world_size"] == 1 for r in done)
+    assert sorted({r["hosts"][0] for r in done}) == NODES
+    logs = "".join(p.read_text() for p in (out / "logs").rglob("*.out"))
+    assert all(f"hostname={node}" in logs for node in NODES)  # submitit's JobEnvironment
+
+
+def test_sbatch_accelerate_cpu_mode_on_two_nodes(tmp_path, data_dir):
+    """srun starts a launcher per node (torchrun in CPU mode), and --threads is the node's
+    CPUs per process whatever OMP_NUM_THREADS the submitting shell had."""
+    cpus = int(slurm("sinfo", "-h", "-N", "-n", NODES[0], "-o", "%c").strip())
+    procs = 2 if cpus >= 2 else 1  # processes per node; a one-CPU node runs one
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # torchrun, as in a venv
+        "PYTHONPATH": str(REPO),
+        "WANDB_MODE": "disabled",
+        "MNIST_DIST_CPU": "1",
+        "MNIST_DIST_PROCS_PER_NODE": str(procs),
+        "OMP_NUM_THREADS": "3",  # stray: must not decide the threads
+    }
+    cmd = ["sbatch", "--wait", "--nodes", "2", "--gpus-per-node", "0", "--cpus-per-task",
+           str(cpus), "--mem", "1G", "--output", str(tmp_path / "%j.out"),
+           str(REPO / "launch" / "sbatch_accelerate.sh"), "--step", "step2", "--epochs", "1",
+           "--train-limit", "512", "--data-dir", str(data_dir), "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    log = "".join(p.read_text() for p in tmp_path.glob("*.out"))
+    assert proc.returncode == 0, proc.stderr + log
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 * procs and sorted(set(result["hosts"])) == NODES
+    assert result["threads"] == max(1, cpus // procs)
+
+
+PREEMPT_EPOCHS = 3  # jobs/smoke_2node.toml's: the history must equal the uninterrupted run's
+
+
+def test_preempted_two_node_trial_resumes_to_the_uninterrupted_history(
+    tmp_path, data_dir, two_node
+):
+    out = tmp_path / "s"
+    args = ("sweep", TOML, "--cluster", "slurm", "--out", str(out), "--data-dir", str(data_dir))
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (job,) = json.loads((out / "sweep.json").read_text())["jobs"]
+    trial = out / job["trial_ids"][0]
+    deadline = time.time() + 300
+    while not (trial / "checkpoint.pt").is_file():  # epoch 1 is saved
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    assert not (trial / "result.json").exists()
+    # What SLURM does on preemption: TERM, then USR2, to the tasks on both nodes.
+    slurm("scancel", "--signal", "TERM", job["job_id"])
+    slurm("scancel", "--signal", "USR2", job["job_id"])
+
+    proc = run_cli(*args, "--wait", "--poll", "1", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "skip (" in proc.stdout  # the requeued job was still queued: not submitted twice
+    log = "".join(p.read_text() for p in (out / "logs" / job["job_id"]).glob("*.out"))
+    assert "Requeued job" in log and "resuming" in log and "after epoch" in log
+    result = json.loads((trial / "result.json").read_text())
+    assert sorted(result["hosts"]) == NODES
+    uninterrupted = two_node["result"]["history"]
+    assert len(result["history"]) == PREEMPT_EPOCHS
+    assert strip(result["history"]) == strip(uninterrupted)
+
+
+def test_stop_leaves_no_namespace_link_daemon_or_hosts_entry():
+    pids = [
+        line.split()[1]
+        for line in (STATE / "owned").read_text().splitlines()
+        if line.startswith(("slurmd ", "slurmctld "))
+    ]
+    assert len(pids) == 3  # slurmctld and a slurmd per node; munged is the shared one
+    proc = script("stop")
+    assert proc.returncode == 0, proc.stderr
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert CLUSTER not in netns and CLUSTER not in links
+    assert CLUSTER not in Path("/etc/hosts").read_text()
+    assert not (STATE / "owned").exists()
+    assert not (STATE / "slurm.conf").exists()  # its addresses are gone: no client may use it
+    assert script("stop").stdout.strip() == "local_slurm: nothing to stop"
