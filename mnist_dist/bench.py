@@ -3,7 +3,7 @@
     mnist-dist bench --step step4 --json
     mnist-dist bench --step step4 --batch-size 64 --steps 100 --repeats 5
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
-    mnist-dist bench --time-to-target --result runs/s4/result.json
+    mnist-dist bench --time-to-target --result runs/s4/result.json   # bench_ttt.py
     mnist-dist bench --variants --compile --steps 100 --repeats 5
     mnist-dist bench --table results/bench/raw/cpu-step*.json
     mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench_steps.py)
@@ -25,12 +25,9 @@ three alike, and the median round is reported. On CUDA the clock reads after a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,12 +35,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, Runtime, TrainConfig
+from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, TrainConfig
 from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
 from .errors import ArgumentParser, UserError, cli_errors
 from .models import build_model
 from .runinfo import cpu_threads
-from .train import DtypeProbe, compile_model, train, train_step
+from .train import DtypeProbe, compile_model, train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
 
@@ -232,62 +229,6 @@ def run_bench(args) -> dict:
     )
 
 
-def time_to_target(result: dict) -> dict:
-    """Training seconds until test accuracy first reaches TARGET_ACC, from the history."""
-    train_s = eval_s = 0.0
-    hit = None
-    for row in result["history"]:
-        train_s += row["seconds"]
-        # Older result.json files have no eval timing: then it is reported as unknown.
-        eval_s = eval_s + row["eval_seconds"] if "eval_seconds" in row else math.nan
-        if row["test_acc"] >= TARGET_ACC:
-            hit = row
-            break
-    hist = result["history"]
-    return dict(
-        target_acc=TARGET_ACC,
-        reached=hit is not None,
-        epoch=hit["epoch"] if hit else None,
-        test_acc=hit["test_acc"] if hit else None,
-        train_seconds_to_target=train_s if hit else None,
-        eval_seconds_to_target=(None if math.isnan(eval_s) else eval_s) if hit else None,
-        step=result["step"],
-        seed=result["seed"],
-        epochs=result["epochs"],
-        batch_size=result["batch_size"],
-        final_test_acc=result["final_test_acc"],
-        best_test_acc=max(h["test_acc"] for h in hist),
-        train_seconds_all=sum(h["seconds"] for h in hist),
-        eval_seconds_all=(
-            sum(h["eval_seconds"] for h in hist) if all("eval_seconds" in h for h in hist) else None
-        ),
-        device=result["device"],
-        mixed_precision=result["mixed_precision"],
-        compile=result["config"].get("compile"),
-    )
-
-
-def run_time_to_target(args) -> dict:
-    if args.result:
-        path = Path(args.result)
-        if not path.is_file():
-            raise UserError(f"--result {path}: no such file (a run folder's result.json)")
-        return time_to_target(json.loads(path.read_text()))
-    cfg = TrainConfig(
-        step=args.step,
-        seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        mixed_precision=args.mixed_precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-    )
-    out = args.out or str(Path("runs/bench/time-to-target") / cfg.trial_id())
-    rt = Runtime(out=out, data_dir=args.data_dir, cpu=args.cpu, resume=True, progress=False)
-    with contextlib.redirect_stdout(sys.stderr):  # train's epoch log; stdout stays JSON
-        return time_to_target(train(cfg, rt))
-
-
 def print_bench(r: dict) -> None:
     print(
         f"bench {r['step']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads, "
@@ -309,22 +250,6 @@ def print_bench(r: dict) -> None:
         )
     print(
         f"speedup b/a {r['speedup']:.2f}x   data overhead (b-c)/c {100 * r['data_overhead']:.1f}%"
-    )
-
-
-def print_ttt(r: dict) -> None:
-    head = f"time to {r['target_acc']}%: {r['step']} seed {r['seed']}, {r['device']}"
-    if not r["reached"]:
-        print(
-            f"{head}: not reached in {r['epochs']} epochs "
-            f"(final {r['final_test_acc']:.2f}%, best {r['best_test_acc']:.2f}%)"
-        )
-        return
-    ev = r["eval_seconds_to_target"]
-    print(
-        f"{head}: epoch {r['epoch']} ({r['test_acc']:.2f}%), "
-        f"{r['train_seconds_to_target']:.1f} s training"
-        + (f" + {ev:.1f} s evaluation (not counted)" if ev is not None else "")
     )
 
 
@@ -406,6 +331,8 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
     elif args.table:
         return print(markdown_table(args.table))
     elif args.time_to_target:
+        from .bench_ttt import print_ttt, run_time_to_target
+
         r, show = run_time_to_target(args), print_ttt
     else:
         r, show = run_bench(args), print_variants if args.variants else print_bench
