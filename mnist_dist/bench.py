@@ -7,6 +7,7 @@
     mnist-dist bench --variants --compile --steps 100 --repeats 5
     mnist-dist bench --table results/bench/raw/cpu-step*.json
     mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench_steps.py)
+    mnist-dist bench --pack 4,8,16 --step step5  # packs vs separate runs (bench_pack.py)
 
 One run builds the same model at the same batch size three times and times:
 
@@ -43,6 +44,7 @@ from .runinfo import cpu_threads
 from .train import DtypeProbe, compile_model, train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
+STEPS = 50  # default --steps: timed steps per round (--pack times a --window instead)
 
 
 def origin_loader(data_dir: str | None, batch_size: int, workers: int, pin: bool):
@@ -94,9 +96,8 @@ def our_step(
     step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False, bf16=False
 ):
     """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch).
-    ``bf16``: the forward under bf16 autocast as ``Accelerator(mixed_precision="bf16")``
-    prepares it (one process holds one Accelerator state, so it is applied here);
-    ``run.compute_dtype``: what the first convolution computed in."""
+    ``bf16``: the forward under bf16 autocast (``bf16_forward``); ``run.compute_dtype``: what
+    the first convolution computed in."""
     cfg = TrainConfig(step=step, channels_last=channels_last).resolve()
     torch.manual_seed(0)
     net = build_model(step)
@@ -105,10 +106,7 @@ def our_step(
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     model, opt = accelerator.prepare(net.to(accelerator.device), opt)
     if bf16:
-        from accelerate.utils import convert_outputs_to_fp32
-
-        autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
-        model.forward = convert_outputs_to_fp32(autocast(model.forward))
+        bf16_forward(model, accelerator.device)
     first = next(batches)
     probe = DtypeProbe(net)
     with torch.no_grad():
@@ -126,6 +124,16 @@ def our_step(
 
     run.compute_dtype = probe.dtype
     return run
+
+
+def bf16_forward(model, device: torch.device) -> None:
+    """The forward under bf16 autocast, outputs back in fp32, as ``Accelerator(
+    mixed_precision="bf16")`` prepares it: one process holds one Accelerator state, so a
+    bench that times fp32 and bf16 side by side applies it to each bf16 model itself."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    model.forward = convert_outputs_to_fp32(autocast(model.forward))
 
 
 def sync(device: torch.device) -> None:
@@ -289,11 +297,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add = p.add_argument
     add("--step", default="step4", help="registered model, see `mnist-dist models`")
     add("--batch-size", type=int, help="default: the step's recipe (64 for step3/4)")
-    add("--steps", type=int, default=50, help="timed steps per round")
+    add("--steps", type=int, help=f"timed steps per round (default {STEPS})")
     add("--warmup", type=int, default=5, help="untimed steps before each round")
     add("--repeats", type=int, default=3, help="rounds; the median is reported")
     add("--workers", type=int, default=2, help="origin DataLoader workers")
-    add("--threads", type=int, help="torch threads (default: cpu_threads(), all cores)")
+    add("--threads", type=int, help="torch threads (default: all cores); --pack: W, default 2")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     add("--compile", action="store_true", help="torch.compile ours and compute")
     add("--mixed-precision", default="no", choices=MIXED_PRECISION, help="ours and compute")
@@ -304,6 +312,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
     add("--all-steps", action="store_true", help="every step: origin vs fp32 vs bf16, interleaved")
     add("--step-list", metavar="A,B", help="as --all-steps, for these steps (e.g. step3,step4)")
+    add("--pack", metavar="N,N", help="e.g. 4,8,16: seed packs vs separate runs (bench_pack.py)")
+    add("--window", type=float, help="--pack: seconds timed per layout and round (default 5)")
     add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
     add("--seed", type=int, default=0, help="time-to-target: training seed")
     add("--epochs", type=int, help="time-to-target: default the step's recipe")
@@ -318,13 +328,21 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
     if args.step not in RECIPES:
         TrainConfig(step=args.step).resolve()  # raises the one-line unknown-step error
     for flag, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("workers", 0)):
-        if getattr(args, flag) < low:
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise UserError(f"--{flag} must be at least {low}, got {getattr(args, flag)}")
     for flag in ("threads", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
             raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
-    if args.all_steps or args.step_list is not None:
+    if args.pack is None and args.window is not None:
+        raise UserError("--window goes with --pack (the seconds timed per layout)")
+    if args.pack is None and args.steps is None:
+        args.steps = STEPS
+    if args.pack is not None:
+        from .bench_pack import print_packs, run_packs
+
+        r, show = run_packs(args), print_packs
+    elif args.all_steps or args.step_list is not None:
         from .bench_steps import print_all, run_all
 
         r, show = run_all(args), print_all
