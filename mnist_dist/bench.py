@@ -3,10 +3,11 @@
     mnist-dist bench --step step4 --json
     mnist-dist bench --step step4 --batch-size 64 --steps 100 --repeats 5
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
-    mnist-dist bench --time-to-target --result runs/s4/result.json
+    mnist-dist bench --time-to-target --result runs/s4/result.json   # bench_ttt.py
     mnist-dist bench --variants --compile --steps 100 --repeats 5
     mnist-dist bench --table results/bench/raw/cpu-step*.json
     mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench_steps.py)
+    mnist-dist bench --pack 4,8,16 --step step5  # packs vs separate runs (bench_pack.py)
 
 One run builds the same model at the same batch size three times and times:
 
@@ -25,12 +26,9 @@ three alike, and the median round is reported. On CUDA the clock reads after a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,14 +36,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, Runtime, TrainConfig
+from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, TrainConfig
 from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
 from .errors import ArgumentParser, UserError, cli_errors
 from .models import build_model
 from .runinfo import cpu_threads
-from .train import DtypeProbe, compile_model, train, train_step
+from .train import DtypeProbe, compile_model, train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
+STEPS = 50  # default --steps: timed steps per round (--pack times a --window instead)
 
 
 def origin_loader(data_dir: str | None, batch_size: int, workers: int, pin: bool):
@@ -97,9 +96,8 @@ def our_step(
     step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False, bf16=False
 ):
     """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch).
-    ``bf16``: the forward under bf16 autocast as ``Accelerator(mixed_precision="bf16")``
-    prepares it (one process holds one Accelerator state, so it is applied here);
-    ``run.compute_dtype``: what the first convolution computed in."""
+    ``bf16``: the forward under bf16 autocast (``bf16_forward``); ``run.compute_dtype``: what
+    the first convolution computed in."""
     cfg = TrainConfig(step=step, channels_last=channels_last).resolve()
     torch.manual_seed(0)
     net = build_model(step)
@@ -108,10 +106,7 @@ def our_step(
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     model, opt = accelerator.prepare(net.to(accelerator.device), opt)
     if bf16:
-        from accelerate.utils import convert_outputs_to_fp32
-
-        autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16)
-        model.forward = convert_outputs_to_fp32(autocast(model.forward))
+        bf16_forward(model, accelerator.device)
     first = next(batches)
     probe = DtypeProbe(net)
     with torch.no_grad():
@@ -129,6 +124,16 @@ def our_step(
 
     run.compute_dtype = probe.dtype
     return run
+
+
+def bf16_forward(model, device: torch.device) -> None:
+    """The forward under bf16 autocast, outputs back in fp32, as ``Accelerator(
+    mixed_precision="bf16")`` prepares it: one process holds one Accelerator state, so a
+    bench that times fp32 and bf16 side by side applies it to each bf16 model itself."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
+    model.forward = convert_outputs_to_fp32(autocast(model.forward))
 
 
 def sync(device: torch.device) -> None:
@@ -232,62 +237,6 @@ def run_bench(args) -> dict:
     )
 
 
-def time_to_target(result: dict) -> dict:
-    """Training seconds until test accuracy first reaches TARGET_ACC, from the history."""
-    train_s = eval_s = 0.0
-    hit = None
-    for row in result["history"]:
-        train_s += row["seconds"]
-        # Older result.json files have no eval timing: then it is reported as unknown.
-        eval_s = eval_s + row["eval_seconds"] if "eval_seconds" in row else math.nan
-        if row["test_acc"] >= TARGET_ACC:
-            hit = row
-            break
-    hist = result["history"]
-    return dict(
-        target_acc=TARGET_ACC,
-        reached=hit is not None,
-        epoch=hit["epoch"] if hit else None,
-        test_acc=hit["test_acc"] if hit else None,
-        train_seconds_to_target=train_s if hit else None,
-        eval_seconds_to_target=(None if math.isnan(eval_s) else eval_s) if hit else None,
-        step=result["step"],
-        seed=result["seed"],
-        epochs=result["epochs"],
-        batch_size=result["batch_size"],
-        final_test_acc=result["final_test_acc"],
-        best_test_acc=max(h["test_acc"] for h in hist),
-        train_seconds_all=sum(h["seconds"] for h in hist),
-        eval_seconds_all=(
-            sum(h["eval_seconds"] for h in hist) if all("eval_seconds" in h for h in hist) else None
-        ),
-        device=result["device"],
-        mixed_precision=result["mixed_precision"],
-        compile=result["config"].get("compile"),
-    )
-
-
-def run_time_to_target(args) -> dict:
-    if args.result:
-        path = Path(args.result)
-        if not path.is_file():
-            raise UserError(f"--result {path}: no such file (a run folder's result.json)")
-        return time_to_target(json.loads(path.read_text()))
-    cfg = TrainConfig(
-        step=args.step,
-        seed=args.seed,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        mixed_precision=args.mixed_precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
-    )
-    out = args.out or str(Path("runs/bench/time-to-target") / cfg.trial_id())
-    rt = Runtime(out=out, data_dir=args.data_dir, cpu=args.cpu, resume=True, progress=False)
-    with contextlib.redirect_stdout(sys.stderr):  # train's epoch log; stdout stays JSON
-        return time_to_target(train(cfg, rt))
-
-
 def print_bench(r: dict) -> None:
     print(
         f"bench {r['step']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads, "
@@ -309,22 +258,6 @@ def print_bench(r: dict) -> None:
         )
     print(
         f"speedup b/a {r['speedup']:.2f}x   data overhead (b-c)/c {100 * r['data_overhead']:.1f}%"
-    )
-
-
-def print_ttt(r: dict) -> None:
-    head = f"time to {r['target_acc']}%: {r['step']} seed {r['seed']}, {r['device']}"
-    if not r["reached"]:
-        print(
-            f"{head}: not reached in {r['epochs']} epochs "
-            f"(final {r['final_test_acc']:.2f}%, best {r['best_test_acc']:.2f}%)"
-        )
-        return
-    ev = r["eval_seconds_to_target"]
-    print(
-        f"{head}: epoch {r['epoch']} ({r['test_acc']:.2f}%), "
-        f"{r['train_seconds_to_target']:.1f} s training"
-        + (f" + {ev:.1f} s evaluation (not counted)" if ev is not None else "")
     )
 
 
@@ -364,11 +297,11 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add = p.add_argument
     add("--step", default="step4", help="registered model, see `mnist-dist models`")
     add("--batch-size", type=int, help="default: the step's recipe (64 for step3/4)")
-    add("--steps", type=int, default=50, help="timed steps per round")
+    add("--steps", type=int, help=f"timed steps per round (default {STEPS})")
     add("--warmup", type=int, default=5, help="untimed steps before each round")
     add("--repeats", type=int, default=3, help="rounds; the median is reported")
     add("--workers", type=int, default=2, help="origin DataLoader workers")
-    add("--threads", type=int, help="torch threads (default: cpu_threads(), all cores)")
+    add("--threads", type=int, help="torch threads (default: all cores); --pack: W, default 2")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     add("--compile", action="store_true", help="torch.compile ours and compute")
     add("--mixed-precision", default="no", choices=MIXED_PRECISION, help="ours and compute")
@@ -379,6 +312,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
     add("--all-steps", action="store_true", help="every step: origin vs fp32 vs bf16, interleaved")
     add("--step-list", metavar="A,B", help="as --all-steps, for these steps (e.g. step3,step4)")
+    add("--pack", metavar="N,N", help="e.g. 4,8,16: seed packs vs separate runs (bench_pack.py)")
+    add("--window", type=float, help="--pack: seconds timed per layout and round (default 5)")
     add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
     add("--seed", type=int, default=0, help="time-to-target: training seed")
     add("--epochs", type=int, help="time-to-target: default the step's recipe")
@@ -393,19 +328,29 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
     if args.step not in RECIPES:
         TrainConfig(step=args.step).resolve()  # raises the one-line unknown-step error
     for flag, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("workers", 0)):
-        if getattr(args, flag) < low:
+        if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise UserError(f"--{flag} must be at least {low}, got {getattr(args, flag)}")
     for flag in ("threads", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             name = "--" + flag.replace("_", "-")
             raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
-    if args.all_steps or args.step_list is not None:
+    if args.pack is None and args.window is not None:
+        raise UserError("--window goes with --pack (the seconds timed per layout)")
+    if args.pack is None and args.steps is None:
+        args.steps = STEPS
+    if args.pack is not None:
+        from .bench_pack import print_packs, run_packs
+
+        r, show = run_packs(args), print_packs
+    elif args.all_steps or args.step_list is not None:
         from .bench_steps import print_all, run_all
 
         r, show = run_all(args), print_all
     elif args.table:
         return print(markdown_table(args.table))
     elif args.time_to_target:
+        from .bench_ttt import print_ttt, run_time_to_target
+
         r, show = run_time_to_target(args), print_ttt
     else:
         r, show = run_bench(args), print_variants if args.variants else print_bench

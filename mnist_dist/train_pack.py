@@ -213,11 +213,7 @@ def run_pack_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator
     lr, count = optimizer.param_groups[0]["lr"], len(batches)
     sums = torch.zeros(count, 2, device=accelerator.device, dtype=torch.float64)  # per seed
     seen, t0, last_line = 0, time.perf_counter(), time.perf_counter()
-    epochs = [b.epoch(epoch) for b in batches]
-    for i in range(1, len(batches[0]) + 1):
-        pairs = [next(e) for e in epochs]  # one batch of each seed, same positions
-        x = torch.cat([xb for xb, _ in pairs], dim=1)  # (B, N, 28, 28): seed n in channel n
-        y = torch.stack([yb for _, yb in pairs], dim=1)  # (B, N)
+    for i, (x, y) in enumerate(packed_batches(batches, epoch), 1):
         packed_train_step(model, optimizer, accelerator, x, y, cfg, sums)
         if ema is not None:
             ema.update_parameters(accelerator.unwrap_model(model))
@@ -242,6 +238,15 @@ def run_pack_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator
         )  # fmt: skip
         for lo, c in sums
     ]
+
+
+def packed_batches(batches, epoch: int):
+    """Per step, one batch of each seed at the same position: x (B, N, 28, 28) with seed n's
+    images in channel n, and y (B, N). The feed of ``run_pack_epoch`` (and of ``mnist-dist
+    bench --pack``, which times this trainer's own packed step)."""
+    for pairs in zip(*(b.epoch(epoch) for b in batches), strict=True):
+        x = torch.cat([xb for xb, _ in pairs], dim=1)
+        yield x, torch.stack([yb for _, yb in pairs], dim=1)
 
 
 def packed_train_step(model, optimizer, accelerator, x, y, cfg: TrainConfig, sums) -> None:

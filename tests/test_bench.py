@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from mnist_dist.bench import time_to_target
 from mnist_dist.bench_steps import markdown, print_all, step_list
+from mnist_dist.bench_ttt import time_to_target
 from mnist_dist.config import RECIPES
 from mnist_dist.errors import UserError
 from mnist_dist.runinfo import cpu_model
