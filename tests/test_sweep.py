@@ -125,8 +125,14 @@ def test_slurm_unreachable_submits_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     "name, n",
-    [("seed_sweep", 10), ("study", 25), ("bf16_check", 10), ("smoke", 4), ("goal_search", 45),
-     ("pack_check", 10)],  # fmt: skip
+    [
+        ("seed_sweep", 10),
+        ("study", 25),
+        ("bf16_check", 10),
+        ("smoke", 4),
+        ("goal_search", 45),
+        ("pack_check", 10),
+    ],  # fmt: skip
 )
 def test_shipped_sweep_files_dry_run(tmp_path, name, n):
     out = tmp_path / "out"
