@@ -223,3 +223,93 @@ def render_markdown(comparisons: list[dict[str, Any]], what: str) -> list[str]:
     out += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     out += ["| " + " | ".join(r) + " |" for r in rows(comparisons)]
     return out + [""] + [f"- {n}" for n in notes(comparisons)]
+
+
+def paired(
+    a: str, runs_a: list[dict], b: str, runs_b: list[dict], metric: str, margin: float | None
+) -> dict[str, Any]:
+    """The same trials run twice (``--paired``): per-trial differences A − B of ``metric``.
+
+    Runs pair by trial id, i.e. by config and seed, so each difference is only how the two
+    runs ran (packed or not, another machine, another torch). Gives the mean difference with
+    its 95% Student t CI, the paired t-test's p (``scipy.stats.ttest_rel``) and, as a check
+    that ignores the pairing, Welch's p. With ``margin`` the verdict says whether the CI lies
+    within ±margin points (an equivalence rule fixed in advance).
+    """
+    by_id = {r["trial_id"]: r for r in runs_b}
+    ids = sorted(t for t in (r["trial_id"] for r in runs_a) if t in by_id)
+    if not ids:
+        raise UserError(f"--paired: no trial id of {a} is in {b}; pair runs of the same trials")
+    a_by_id = {r["trial_id"]: r for r in runs_a}
+    x = np.array([a_by_id[t][metric] for t in ids], dtype=float)
+    y = np.array([by_id[t][metric] for t in ids], dtype=float)
+    d = x - y
+    n = len(d)
+    rows = [
+        dict(trial_id=t, a=float(u), b=float(v), diff=float(u - v))
+        for t, u, v in zip(ids, x, y, strict=True)
+    ]
+    out: dict[str, Any] = dict(a=a, b=b, n=n, margin=margin, pairs=rows)
+    out.update(mean_a=float(x.mean()), mean_b=float(y.mean()), mean_diff=float(d.mean()))
+    out.update(only_a=sorted(set(a_by_id) - set(ids)), only_b=sorted(set(by_id) - set(ids)))
+    out.update(sd_diff=None, ci95=None, p_paired=None, p_welch=None)
+    if n < 2:
+        out["verdict"] = "cannot tell: one pair has no spread"
+        return out
+    sd = float(d.std(ddof=1))
+    out["sd_diff"] = sd
+    if sd == 0:  # every pair differs by the same amount (often 0: bit-identical runs)
+        out["ci95"] = [float(d.mean())] * 2
+    else:
+        lo, hi = stats.t.interval(CI_LEVEL, n - 1, loc=d.mean(), scale=sd / math.sqrt(n))
+        out.update(ci95=[float(lo), float(hi)], p_paired=float(stats.ttest_rel(x, y).pvalue))
+    if x.std(ddof=1) > 0 or y.std(ddof=1) > 0:
+        out["p_welch"] = float(stats.ttest_ind(x, y, equal_var=False).pvalue)
+    lo, hi = out["ci95"]
+    ci = f"95% CI [{lo:+.3f}, {hi:+.3f}]"
+    if margin is not None:
+        inside = -margin <= lo and hi <= margin
+        out["within_margin"] = inside
+        out["verdict"] = (
+            f"equivalent: {ci} lies within ±{margin:g}"
+            if inside
+            else f"not shown equivalent: {ci} reaches beyond ±{margin:g}"
+        )
+    elif out["p_paired"] is not None and out["p_paired"] < ALPHA:
+        out["verdict"] = f"differ ({p_is(out['p_paired'])}, paired): {ci}"
+    else:
+        out["verdict"] = f"no difference detected at n={n} pairs: {ci}"
+    return out
+
+
+def render_paired(p: dict[str, Any], what: str, markdown: bool = False) -> list[str]:
+    """The per-trial table and the summary line, for the terminal or Markdown."""
+    head = ["trial", p["a"], p["b"], "A − B"]
+    body = [
+        [r["trial_id"], f"{r['a']:.2f}", f"{r['b']:.2f}", f"{r['diff']:+.2f}"] for r in p["pairs"]
+    ]
+    sd = f"{p['sd_diff']:.3f}" if p["sd_diff"] is not None else "n/a"
+    summary = [
+        f"mean A − B {p['mean_diff']:+.3f} (sd {sd}, n={p['n']} pairs); "
+        f"paired t p={fmt_p(p['p_paired'])}; Welch p={fmt_p(p['p_welch'])}",
+        f"verdict: {p['verdict']}",
+    ]
+    for side, key in ((p["a"], "only_a"), (p["b"], "only_b")):
+        if p[key]:
+            summary.append(f"unpaired, only in {side}: {', '.join(p[key])}")
+    title = f"paired: {what}, A = {p['a']}, B = {p['b']}, runs of the same trial ids"
+    if markdown:
+        out = [
+            f"### Paired: {what}",
+            "",
+            f"A = `{p['a']}`, B = `{p['b']}`: runs of the same trial ids.",
+            "",
+        ]
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(r) + " |" for r in body]
+        return out + [""] + [f"- {s}" for s in summary]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    out = [title] + [
+        "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [head, *body]
+    ]
+    return out + summary

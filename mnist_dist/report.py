@@ -6,6 +6,7 @@
     mnist-dist report --wandb ENTITY/PROJECT --group smoke [--log-to-wandb]
     mnist-dist report runs/sweeps/study --compare step3:step4 --reference results/study/origin.toml
     mnist-dist report runs/sweeps/tune --metric final_val_acc --compare
+    mnist-dist report results/pack-check --paired results/beyond --margin 0.05
 
 The headline is the final-epoch test accuracy (percent) over seeds: n, mean, variance
 (ddof=1), std, sem, 95% Student-t CI, min, max, seeds at the 99.4% target, and the mean
@@ -14,8 +15,9 @@ tuning run's ``final_val_acc``), named as such in every title. Best-epoch number
 on the test set and appear only under a label saying so. Expected trials without a result
 (from ``sweep.json``), failed trials (``error.txt``), runs without the metric and unreadable
 ``result.json`` files are counted and named. ``--compare`` tests pairs of rows
-(``mnist_dist.compare``); ``--reference FILE`` sets another study's figures beside ours
-(``mnist_dist.reference``).
+(``mnist_dist.compare``); ``--paired OTHER`` sets each run beside the run of the same trial id
+in another folder (the same trials, run another way); ``--reference FILE`` sets another
+study's figures beside ours (``mnist_dist.reference``).
 """
 
 from __future__ import annotations
@@ -241,6 +243,17 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         help="Welch's t-test of each pair of rows, or of rows A:B (by label; repeatable, "
         "comma-separated); after DIR",
     )
+    add(
+        "--paired",
+        metavar="OTHER",
+        help="per-trial differences against OTHER's runs of the same trials",
+    )
+    add(
+        "--margin",
+        type=float,
+        metavar="POINTS",
+        help="with --paired: is the 95%% CI within ±POINTS?",
+    )
     add("--reference", metavar="FILE", help="another study's figures beside ours (TOML)")
     add("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of DIR")
     add("--group", help="W&B group to read (with --wandb) or to log into (default: sweep name)")
@@ -260,6 +273,10 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         raise UserError("--compare took the folder for its pairs: put DIR first (DIR --compare)")
     if (args.dir is None) == (args.wandb is None):
         raise UserError("give a sweep folder DIR or --wandb ENTITY/PROJECT --group G (one of them)")
+    if args.paired is not None and args.dir is None:
+        raise UserError("--paired OTHER compares two folders of runs: give DIR first")
+    if args.margin is not None and (args.paired is None or args.margin <= 0):
+        raise UserError("--margin POINTS needs --paired OTHER and a positive number of points")
     ref = reference.load_reference(args.reference) if args.reference else None
     corrupt: list[dict] = []
     if args.wandb:
@@ -282,6 +299,9 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         comparisons = compare.compare_groups(groups, args.compare)
     if ref:
         warnings += reference.match(groups, ref)
+    pair = None
+    if args.paired is not None:
+        pair = paired_with(args, results)
     for line in warnings:
         print(f"mnist-dist: warning: {line}", file=sys.stderr)
     shown = (groups, missing, args.by, args.metric, ref, comparisons)
@@ -289,10 +309,16 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         out = dict(name=name, by=args.by, metric=args.metric, groups=groups, missing=missing)
         out.update({} if ref is None else dict(reference=ref))
         out.update({} if comparisons is None else dict(comparisons=comparisons))
+        out.update({} if pair is None else dict(paired=pair))
         emit(json.dumps(out, indent=2))
     else:
-        emit(render_table(name, *shown))
+        lines = [] if pair is None else compare.render_paired(pair, metric_label(args.metric))
+        emit("\n".join([render_table(name, *shown), *lines]))
     markdown = render_markdown(name, *shown)
+    if pair is not None:
+        markdown += (
+            "\n" + "\n".join(compare.render_paired(pair, metric_label(args.metric), True)) + "\n"
+        )
     plots: list[Path] = []
     try:
         if args.markdown:
@@ -312,6 +338,16 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     if corrupt:
         bad = ", ".join(f"{c['path']} ({c['reason']})" for c in corrupt)
         raise UserError(f"skipped {len(corrupt)} corrupted result.json: {bad}; reported the rest")
+
+
+def paired_with(args: argparse.Namespace, results: list[dict]) -> dict:
+    """``--paired OTHER``: this folder's runs against OTHER's runs of the same trial ids."""
+    other = Path(args.paired)
+    if not other.is_dir():
+        raise UserError(f"--paired {other}: no such folder; give a folder of runs (a sweep --out)")
+    _, theirs, _, _ = load_dir(other)
+    theirs, _ = split_by_metric(theirs, args.metric)
+    return compare.paired(args.dir, results, str(other), theirs, args.metric, args.margin)
 
 
 main = report_main

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats as sps
 
 from mnist_dist.compare import compare, parse_pairs, seeds_for_power, welch_df_ci
 from mnist_dist.errors import UserError
@@ -197,3 +198,64 @@ def test_cli_compare_bad_pairs_are_one_line(tmp_path, args, fragment):
 def test_cli_compare_before_the_folder_says_where_the_folder_goes(tmp_path):
     root = _sweep(tmp_path, {"step3": HAND_A, "step4": HAND_B})
     assert_one_line_error(run_cli("report", "--compare", str(root)), "put DIR first")
+
+
+def _runs(tmp_path, name: str, accs: list[float]):
+    """A folder of step5 runs, seeds 0..n-1, final test accuracy ``accs`` (same ids per seed)."""
+    return write_sweep(
+        tmp_path / name, [fake_result("step5", s, [98.0, a], 7_578) for s, a in enumerate(accs)]
+    )
+
+
+def test_cli_paired_matches_the_textbook_paired_t_and_names_unpaired_runs(tmp_path):
+    a = [99.30, 99.34, 99.28, 99.25, 99.31]
+    b = [99.28, 99.33, 99.30, 99.21, 99.27, 99.40]  # seed 5 has no partner in A
+    proc = run_cli(
+        "report", str(_runs(tmp_path, "a", a)), "--paired", str(_runs(tmp_path, "b", b)), "--json"
+    )
+    assert proc.returncode == 0, proc.stderr
+    p = json.loads(proc.stdout)["paired"]
+    d = np.array(a) - np.array(b[:5])
+    half = 2.776445 * d.std(ddof=1) / np.sqrt(5)  # t(0.975, df=4), from a printed t table
+    assert p["n"] == 5 and p["mean_diff"] == pytest.approx(d.mean())
+    assert p["ci95"] == pytest.approx([d.mean() - half, d.mean() + half], abs=1e-6)
+    t = d.mean() / (d.std(ddof=1) / np.sqrt(5))
+    assert p["p_paired"] == pytest.approx(2 * sps.t.sf(abs(t), 4))
+    assert p["p_welch"] == pytest.approx(sps.ttest_ind(a, b[:5], equal_var=False).pvalue)
+    assert [r["diff"] for r in p["pairs"]] == pytest.approx(list(d))
+    assert p["only_b"] == ["step5-s5-synthetic"] and p["only_a"] == []
+    text = run_cli("report", str(tmp_path / "a"), "--paired", str(tmp_path / "b")).stdout
+    assert "unpaired, only in" in text and "step5-s5-synthetic" in text
+    assert "no difference detected at n=5 pairs" in text
+
+
+def test_cli_paired_margin_verdict_both_ways_and_in_markdown(tmp_path):
+    base = [99.30, 99.34, 99.28, 99.25, 99.31]
+    near = [x + e for x, e in zip(base, [0.01, -0.01, 0.0, 0.02, -0.01], strict=True)]
+    far = [x - 0.08 + e for x, e in zip(base, [0.01, -0.01, 0.0, 0.02, -0.01], strict=True)]
+    ref = _runs(tmp_path, "ref", base)
+    md = tmp_path / "r.md"
+    args = ["--paired", str(ref), "--margin", "0.05", "--markdown", str(md)]
+    proc = run_cli("report", str(_runs(tmp_path, "near", near)), *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "verdict: equivalent: 95% CI [" in proc.stdout and "lies within ±0.05" in proc.stdout
+    assert "### Paired: final-epoch test accuracy (%)" in md.read_text()
+    proc = run_cli(
+        "report", str(_runs(tmp_path, "far", far)), "--paired", str(ref), "--margin", "0.05"
+    )
+    assert "not shown equivalent" in proc.stdout and "reaches beyond ±0.05" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--margin", "0.05"], "--margin POINTS needs --paired OTHER"),
+        (["--paired", "nowhere"], "--paired nowhere: no such folder"),
+        (["--paired", "OTHER"], "no trial id of"),
+    ],
+)
+def test_cli_paired_bad_input_is_one_line(tmp_path, extra, fragment):
+    root = _runs(tmp_path, "a", [99.3, 99.2])
+    other = write_sweep(tmp_path / "o", [fake_result("step4", 0, [98.0, 99.1], 7_074)])
+    extra = [str(other) if x == "OTHER" else x for x in extra]
+    assert_one_line_error(run_cli("report", str(root), *extra, cwd=tmp_path), fragment)
