@@ -229,7 +229,11 @@ class TrainConfig:
     def label(self) -> str:
         """``step4``, or ``step4 (lr=0.05)``: the step and what differs from its recipe."""
         mine, recipe = self.identity(), TrainConfig(step=self.step, seed=self.seed).identity()
-        diff = [f"{k}={mine.get(k)}" for k in mine | recipe if mine.get(k) != recipe.get(k)]
+        diff = [
+            f"{k}={identity_value(mine, k)}"
+            for k in mine | recipe
+            if identity_value(mine, k) != identity_value(recipe, k)
+        ]
         return f"{self.step} ({', '.join(diff)})" if diff else self.step
 
 
@@ -269,6 +273,17 @@ def digest(data: dict[str, Any]) -> str:
 
 # The fields of the first trial ids (to 3f95ce0): always in the hash. Fields added since
 # enter only when they differ from their base value, so old ids and folders stay valid.
+def identity_value(identity: dict[str, Any], key: str) -> Any:
+    """``key``'s value in an identity: a key left out stands for its base value (Dora's
+    rule in ``TrainConfig.identity``), or None for a OneCycle knob under StepLR."""
+    if key in identity:
+        return identity[key]
+    if key in ONECYCLE_ONLY and identity.get("scheduler") != "onecycle":
+        return None
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}.get(key)
+    return BASE_RECIPE.get(key, default)
+
+
 V1_FIELDS = (
     "step", "seed", "epochs", "batch_size", "lr", "momentum", "scheduler", "lr_step",
     "lr_gamma", "weight_decay", "train_limit", "val_split", "mixed_precision",

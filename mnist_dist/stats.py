@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest
+from .config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest, identity_value
 from .errors import UserError
 from .sweepdir import result_config
 
@@ -192,8 +192,9 @@ def _differences(identity: dict[str, Any], keys: list[str]) -> list[str]:
             pass
     parts = [str(identity["step"])] if "step" in keys else []
     for k in keys:
-        if k != "step" and (k not in recipe or identity.get(k) != recipe[k]):
-            parts.append(f"{k}={identity.get(k)}")
+        value = identity_value(identity, k)
+        if k != "step" and (not recipe or value != identity_value(recipe, k)):
+            parts.append(f"{k}={value}")
     return parts
 
 

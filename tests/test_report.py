@@ -107,6 +107,19 @@ def test_two_lrs_of_one_step_are_two_groups_with_the_difference_named(tmp_path):
     assert groups[0]["config_hash"] != groups[1]["config_hash"]
 
 
+def test_a_config_at_its_base_value_is_labelled_with_that_value(tmp_path):
+    """A field at its base value is left out of the identity; its label still shows it."""
+    results = [fake_result("step4", s, [99.0 + s / 10], 7_074) for s in range(4)]
+    for r in results[2:]:
+        r["config"].update(rotate_deg=10.0, crop_p=0.0)
+    root = write_sweep(tmp_path / "s", results)
+    groups = json.loads(run_cli("report", str(root), "--json").stdout)["groups"]
+    assert sorted(g["label"] for g in groups) == [
+        "step4 (crop_p=0.0, rotate_deg=10.0)",
+        "step4 (crop_p=0.1, rotate_deg=15.0)",
+    ]
+
+
 def test_a_seed_run_twice_counts_once_the_newest(tmp_path):
     results = synthetic_results(seeds=2)
     root = write_sweep(tmp_path / "s", results)
