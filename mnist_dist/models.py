@@ -232,6 +232,11 @@ MODELS: dict[str, StepModel] = {
         StepModel("step4", step4, "origin step 4: 128-wide stem, BN, GAP then 1x1 classifier"),
         StepModel("step5", step5, "beyond: <8k params, same-padded CBR blocks, GAP + linear"),
         StepModel("step6", step6, "beyond: <=4k params, step5 narrowed"),
+        StepModel(
+            "step7",
+            b7784,
+            "goal (issue #12): b7784 with its published recipe, picked on validation",
+        ),
         StepModel("b7784", b7784, "candidate (issue #12): 7-7-10|10-12|16-18, GAP + linear"),
         StepModel("c6198", c6198, "candidate (issue #12): 8-10|12|16-16, 1x1 conv, GAP"),
         StepModel("a7608", a7608, "candidate (issue #12): 10-10-10|16-16-8-8 unpadded, GAP"),
