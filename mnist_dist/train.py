@@ -100,7 +100,9 @@ def train(cfg: TrainConfig, rt: Runtime) -> dict:
         write_json(out / RESULT, result)
         final = result["final_test_acc"] if cfg.test_eval != "never" else result["final_val_acc"]
         what = "test" if cfg.test_eval != "never" else "validation"
-        accelerator.print(f"final {what} accuracy {final:.2f}%  -> {out / RESULT}")
+        # --test-eval never without --val-split scores nothing (a timing run): say so.
+        said = f"final {what} accuracy {final:.2f}%" if final is not None else "nothing scored"
+        accelerator.print(f"{said}  -> {out / RESULT}")
     tracker.finish(result)
     accelerator.end_training()
     return result

@@ -245,6 +245,17 @@ def test_tuning_runs_never_score_the_test_set(tiny_mnist, tmp_path, mode):
         assert r["final_test_acc"] == r["history"][-1]["test_acc"] and r["test_images"] == 256
 
 
+def test_a_timing_run_that_scores_nothing_ends_cleanly(tiny_mnist, tmp_path):
+    """--test-eval never without --val-split (a timing run) trains, writes, exits 0."""
+    out = tmp_path / "run"
+    proc = run_cli("train", *SMOKE, "--test-eval", "never", "--data-dir", str(tiny_mnist),
+                   "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = read(out / "result.json")
+    assert r["final_test_acc"] is None and r["final_val_acc"] is None and r["train_seconds"] > 0
+    assert "nothing scored" in proc.stdout
+
+
 def test_a_fresh_run_never_overwrites_a_finished_one(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     args = ("train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out))
