@@ -274,8 +274,6 @@ def digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-# The fields of the first trial ids (to 3f95ce0): always in the hash. Fields added since
-# enter only when they differ from their base value, so old ids and folders stay valid.
 def identity_value(identity: dict[str, Any], key: str) -> Any:
     """``key``'s value in an identity: a key left out stands for its base value (Dora's
     rule in ``TrainConfig.identity``), or None for a OneCycle knob under StepLR."""
@@ -287,6 +285,8 @@ def identity_value(identity: dict[str, Any], key: str) -> Any:
     return BASE_RECIPE.get(key, default)
 
 
+# The fields of the first trial ids (to 3f95ce0): always in the hash. Fields added since
+# enter only when they differ from their base value, so old ids and folders stay valid.
 V1_FIELDS = (
     "step", "seed", "epochs", "batch_size", "lr", "momentum", "scheduler", "lr_step",
     "lr_gamma", "weight_decay", "train_limit", "val_split", "mixed_precision",
