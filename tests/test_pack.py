@@ -216,6 +216,8 @@ def test_the_packed_module_is_grouped_and_moves_weights_both_ways():
 def test_log_softmax_stays_within_each_seed(step):
     """A softmax across all N x 10 logits would couple the seeds."""
     pack = pack_model(build_model(step), 4).eval()
+    for n in range(4):  # pack_model leaves the weights uninitialised (garbage, even nan)
+        load_seed(pack, n, build_model(step).state_dict(), 4)
     out = pack(torch.randn(2, 4, 28, 28))
     assert out.shape == (2, 4, 10)
     assert torch.allclose(out.exp().sum(-1), torch.ones(2, 4), atol=1e-5)
