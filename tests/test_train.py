@@ -399,7 +399,10 @@ def test_new_steps_train_with_their_registered_recipe(tiny_mnist, tmp_path, step
     assert proc.returncode == 0, proc.stderr
     result = read(out / "result.json")
     config = result["config"]
-    assert config["scheduler"] == "onecycle" and config["batch_size"] == 64
+    from mnist_dist.config import RECIPES
+
+    recipe = RECIPES[step]
+    assert config["scheduler"] == "onecycle" and config["batch_size"] == recipe["batch_size"]
     assert result["params"] == NEW_PARAMS[step][0]
     assert len(result["history"]) == 1 and (out / "checkpoint.pt").is_file()
 
