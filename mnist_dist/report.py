@@ -155,9 +155,12 @@ def missing_lines(missing: list[dict]) -> list[str]:
     if not missing:
         return ["missing or failed trials: none"]
     lines = [f"missing or failed trials: {len(missing)}"]
-    return lines + [
-        f"  {m['trial_id']}: {m['status']}: {m['reason']} ({m['path']})" for m in missing
-    ]
+    return lines + [f"  {m['trial_id']}: {why(m)} ({m['path']})" for m in missing]
+
+
+def why(m: dict) -> str:
+    """'failed: <error>', or the bare state where there is no more to say ('pending')."""
+    return m["status"] if m["reason"] == m["status"] else f"{m['status']}: {m['reason']}"
 
 
 def render_markdown(

@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from mnist_dist.config import Runtime, TrainConfig
+from mnist_dist.report import missing_lines
 
 from .conftest import REPO, assert_one_line_error, make_tiny_mnist, run_cli
 from .synthetic import fake_result, write_sweep
@@ -307,3 +308,15 @@ def test_ema_runs_show_both_weights_and_name_the_headline(tmp_path):
     assert line in (tmp_path / "r.md").read_text()
     (g,) = json.loads(run_cli("report", str(root), "--json").stdout)["groups"]
     assert g["weights"]["model"]["mean"] == pytest.approx(99.2) and g["weights"]["split"] == "test"
+
+
+def test_missing_lines_say_a_bare_state_once_and_a_failure_with_its_error():
+    missing = [
+        dict(trial_id="a", status="pending", reason="pending", path="s/a"),
+        dict(trial_id="b", status="failed", reason="RuntimeError: OOM", path="s/b"),
+    ]
+    assert missing_lines(missing) == [
+        "missing or failed trials: 2",
+        "  a: pending (s/a)",
+        "  b: failed: RuntimeError: OOM (s/b)",
+    ]
