@@ -5,7 +5,7 @@
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
     mnist-dist bench --time-to-target --result runs/s4/result.json   # bench_ttt.py
     mnist-dist bench --variants --compile --steps 100 --repeats 5
-    mnist-dist bench --table results/bench/raw/cpu-step*.json
+    mnist-dist bench --table results/bench/raw/cpu-step*.json   # any --json runs, reprinted
     mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench_steps.py)
     mnist-dist bench --pack 4,8,16 --step step5  # packs vs separate runs (bench_pack.py)
 
@@ -267,29 +267,61 @@ def print_variants(r: dict) -> None:
         print(f"{name:24} {m['ms_per_step']:8.2f} ms/step  rounds {m['rounds_ms']}")
 
 
-def markdown_table(paths: list[str]) -> str:
-    """The README table: one row per ``--json`` output file."""
+def print_tables(paths: list[str]) -> None:
+    """``--table``: what each saved ``--json`` run prints. An ``--all-steps`` or ``--pack``
+    run prints its own header and table; single-step runs share one table, a row each."""
+    from .bench_pack import print_packs
+    from .bench_steps import print_all
+
+    printers = {"all-steps": print_all, "pack-layouts": print_packs}
+    single = []
+    for path in paths:
+        try:
+            r = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"--table {path}: not a `mnist-dist bench --json` output ({e})"
+            ) from None
+        mode = r.get("mode") if isinstance(r, dict) else None
+        if mode in printers:
+            _checked(path, printers[mode], r)
+            print()
+        else:
+            single.append((path, r))
+    if single:
+        print(markdown_table(single))
+
+
+def _checked(path: str, render: Callable, *args):
+    try:
+        return render(*args)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"--table {path}: not a `mnist-dist bench --json` output (no {e})"
+        ) from None
+
+
+def markdown_table(runs: list[tuple[str, dict]]) -> str:
+    """The README table of single-step runs: one row per ``--json`` output file."""
     head = (
         "| step | batch | origin img/s | origin epoch s | ours img/s | ours epoch s | speedup "
         "| compute img/s | data overhead | device, threads | load avg |"
     )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
-    for path in paths:
-        try:
-            r = json.loads(Path(path).read_text())
-            o, b, c = r["origin"], r["ours"], r["compute"]
-        except (OSError, ValueError, KeyError) as e:
-            raise UserError(
-                f"--table {path}: not a `mnist-dist bench --json` output ({e})"
-            ) from None
-        rows.append(
-            f"| {r['step']} | {r['batch_size']} | {o['images_per_s']:,.0f} "
-            f"| {o['epoch_seconds']:.1f} | {b['images_per_s']:,.0f} | {b['epoch_seconds']:.1f} "
-            f"| {r['speedup']:.2f}x | {c['images_per_s']:,.0f} "
-            f"| {100 * r['data_overhead']:+.1f}% | {r['device']}, {r['threads']} "
-            f"| {r.get('load_avg', '?')} |"
-        )
+    for path, r in runs:
+        rows.append(_checked(path, _single_row, r))
     return "\n".join(rows)
+
+
+def _single_row(r: dict) -> str:
+    o, b, c = r["origin"], r["ours"], r["compute"]
+    return (
+        f"| {r['step']} | {r['batch_size']} | {o['images_per_s']:,.0f} "
+        f"| {o['epoch_seconds']:.1f} | {b['images_per_s']:,.0f} | {b['epoch_seconds']:.1f} "
+        f"| {r['speedup']:.2f}x | {c['images_per_s']:,.0f} "
+        f"| {100 * r['data_overhead']:+.1f}% | {r['device']}, {r['threads']} "
+        f"| {r.get('load_avg', '?')} |"
+    )
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -309,7 +341,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR, then cache)")
     add("--json", action="store_true", help="print one JSON object")
     add("--variants", action="store_true", help="compute only: NCHW vs channels_last")
-    add("--table", nargs="+", metavar="JSON", help="print the markdown table of --json files")
+    add("--table", nargs="+", metavar="JSON", help="print the tables of saved --json runs")
     add("--all-steps", action="store_true", help="every step: origin vs fp32 vs bf16, interleaved")
     add("--step-list", metavar="A,B", help="as --all-steps, for these steps (e.g. step3,step4)")
     add("--pack", metavar="N,N", help="e.g. 4,8,16: seed packs vs separate runs (bench_pack.py)")
@@ -347,7 +379,7 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
 
         r, show = run_all(args), print_all
     elif args.table:
-        return print(markdown_table(args.table))
+        return print_tables(args.table)
     elif args.time_to_target:
         from .bench_ttt import print_ttt, run_time_to_target
 

@@ -87,6 +87,12 @@ def test_bench_bad_input_is_one_line(flags, fragment):
     assert_one_line_error(run_cli("bench", *flags), fragment)
 
 
+def test_table_of_a_truncated_all_steps_run_is_one_line(tmp_path):
+    (tmp_path / "cut.json").write_text(json.dumps({"mode": "all-steps", "device": "cpu"}))
+    proc = run_cli("bench", "--table", str(tmp_path / "cut.json"))
+    assert_one_line_error(proc, "not a `mnist-dist bench --json` output (no 'device_name')")
+
+
 def test_time_to_target_trains_then_rereads_its_result(tiny_mnist, tmp_path):
     out = tmp_path / "ttt"
     common = ("bench", "--time-to-target", "--json")
@@ -148,7 +154,7 @@ def test_time_to_target_not_reached_or_without_eval_timing():
     assert r["eval_seconds_to_target"] is None and r["eval_seconds_all"] is None
 
 
-def test_all_steps_times_origin_fp32_and_bf16_of_each_step_in_one_run(tiny_mnist, capsys):
+def test_all_steps_times_origin_fp32_and_bf16_of_each_step_in_one_run(tiny_mnist, capsys, tmp_path):
     args = ("bench", "--step-list", "step1,step4", "--json", "--data-dir", str(tiny_mnist))
     proc = run_cli(*args, *QUICK)
     assert proc.returncode == 0, proc.stderr
@@ -180,6 +186,11 @@ def test_all_steps_times_origin_fp32_and_bf16_of_each_step_in_one_run(tiny_mnist
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("bench all steps on cpu (") and "1 threads" in out[0]
     table = out[out.index("") + 1 :]
+    # --table reprints a saved run as the run printed it
+    (tmp_path / "run.json").write_text(proc.stdout)
+    again = run_cli("bench", "--table", str(tmp_path / "run.json"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == out + [""]
     assert table == markdown(r).splitlines()
     assert table[0] == (
         "| step | batch | origin img/s | fp32 img/s | bf16 img/s | bf16 gain "

@@ -25,7 +25,7 @@ QUICK = ("--window", "0.05", "--warmup", "1", "--repeats", "2", "--batch-size", 
 NAMES = ["separate 2x1", "separate 1x2", "pack2 2x1", "pack2 1x2", "pack4 2x1", "pack4 1x2"]
 
 
-def test_pack_bench_times_every_layout_in_fp32_and_bf16(tiny_mnist, capsys):
+def test_pack_bench_times_every_layout_in_fp32_and_bf16(tiny_mnist, capsys, tmp_path):
     args = ("bench", "--pack", "2,4", "--step", "step4", "--json", "--data-dir", str(tiny_mnist))
     proc = run_cli(*args, *QUICK)
     assert proc.returncode == 0, proc.stderr
@@ -64,6 +64,11 @@ def test_pack_bench_times_every_layout_in_fp32_and_bf16(tiny_mnist, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"bench --pack on cpu ({cpu_model()}), ")
     table = out[out.index("") + 1 :]
+    # --table reprints a saved run as the run printed it
+    (tmp_path / "run.json").write_text(proc.stdout)
+    again = run_cli("bench", "--table", str(tmp_path / "run.json"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == out + [""]
     assert table == markdown(r).splitlines()
     assert table[0] == "| step | batch | precision | " + " | ".join(NAMES) + (
         " | best (vs separate 2x1) |"
