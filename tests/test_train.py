@@ -20,13 +20,19 @@ def read(path):
     return json.loads(path.read_text())
 
 
-def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
+def smoke_run(data, tmp_path, *flags):
+    """``train *flags`` on ``data`` into ``tmp_path/run``, which must succeed.
+
+    Returns (result.json, the finished process, the run folder)."""
     out = tmp_path / "run"
-    proc = run_cli(
-        "train", "--step", "step4", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out)
-    )
+    proc = run_cli("train", *flags, "--data-dir", str(data), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    result, config = read(out / "result.json"), read(out / "config.json")
+    return read(out / "result.json"), proc, out
+
+
+def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
+    result, _, out = smoke_run(tiny_mnist, tmp_path, "--step", "step4", *SMOKE)
+    config = read(out / "config.json")
     assert (out / "checkpoint.pt").is_file()
     assert config == result["config"] and config["lr"] == 0.018 and config["batch_size"] == 64
     for key in ("step", "seed", "params", "epochs", "batch_size", "lr", "world_size",
@@ -61,11 +67,8 @@ def test_training_learns_real_digits_with_a_wide_margin(real_mnist, tmp_path):
     2.14.1). The old test (step4, 1 epoch of 5,000 images: 79 steps at the peak LR)
     swung from 84.9 to 95 with the machine.
     """
-    out = tmp_path / "run"
-    proc = run_cli("train", "--step", "step5", "--epochs", "2", "--train-limit", "10000",
-                   "--out", str(out), "--data-dir", str(real_mnist))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = read(out / "result.json")
+    flags = ("--step", "step5", "--epochs", "2", "--train-limit", "10000")
+    result, _, _ = smoke_run(real_mnist, tmp_path, *flags)
     assert result["test_images"] == 10000
     assert result["final_test_acc"] > 90.0, result["final_test_acc"]
 
@@ -142,12 +145,8 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, recipe):
 
 
 def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, tmp_path):
-    out = tmp_path / "run"
     ema = ("--ema-decay", "0.5", "--headline", "ema", "--val-split", "64")
-    proc = run_cli("train", *SMOKE, "--epochs", "2", *ema, "--data-dir", str(tiny_mnist),
-                   "--out", str(out))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    r = read(out / "result.json")
+    r, _, out = smoke_run(tiny_mnist, tmp_path, *SMOKE, "--epochs", "2", *ema)
     last = r["history"][-1]
     assert r["headline"] == "ema" and last["test_acc"] == last["ema_test_acc"]
     assert r["final_test_acc"] == r["final_ema_test_acc"] == last["ema_test_acc"]
@@ -197,10 +196,7 @@ def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, 
     ids=["adamw", "nesterov", "onecycle-shape", "smoothing-augment", "no-augment"],
 )
 def test_recipe_fields_train_and_enter_the_trial_id(tiny_mnist, tmp_path, flags):
-    out = tmp_path / "run"
-    proc = run_cli("train", *SMOKE, *flags, "--data-dir", str(tiny_mnist), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    r = read(out / "result.json")
+    r, _, _ = smoke_run(tiny_mnist, tmp_path, *SMOKE, *flags)
     from mnist_dist.config import TrainConfig
 
     assert r["trial_id"] != TrainConfig(step="step4", epochs=1, train_limit=256).trial_id()
@@ -230,11 +226,8 @@ def test_onecycle_warms_up_for_pct_start_and_ends_at_the_final_lr():
 
 @pytest.mark.parametrize("mode", ["never", "final"])
 def test_tuning_runs_never_score_the_test_set(tiny_mnist, tmp_path, mode):
-    out = tmp_path / "run"
-    proc = run_cli("train", *SMOKE, "--epochs", "2", "--val-split", "64", "--test-eval", mode,
-                   "--data-dir", str(tiny_mnist), "--out", str(out))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    r = read(out / "result.json")
+    flags = ("--epochs", "2", "--val-split", "64", "--test-eval", mode)
+    r, proc, _ = smoke_run(tiny_mnist, tmp_path, *SMOKE, *flags)
     assert all("val_acc" in h for h in r["history"])
     assert "test_acc" not in r["history"][0]
     if mode == "never":
@@ -247,11 +240,7 @@ def test_tuning_runs_never_score_the_test_set(tiny_mnist, tmp_path, mode):
 
 def test_a_timing_run_that_scores_nothing_ends_cleanly(tiny_mnist, tmp_path):
     """--test-eval never without --val-split (a timing run) trains, writes, exits 0."""
-    out = tmp_path / "run"
-    proc = run_cli("train", *SMOKE, "--test-eval", "never", "--data-dir", str(tiny_mnist),
-                   "--out", str(out))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    r = read(out / "result.json")
+    r, proc, _ = smoke_run(tiny_mnist, tmp_path, *SMOKE, "--test-eval", "never")
     assert r["final_test_acc"] is None and r["final_val_acc"] is None and r["train_seconds"] > 0
     assert "nothing scored" in proc.stdout
 
@@ -338,11 +327,7 @@ def test_two_processes_at_batch_32_train_as_one_at_batch_64(tiny_mnist, tmp_path
 
 
 def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
-    out = tmp_path / "run"
-    proc = run_cli("train", *SMOKE, "--mixed-precision", "bf16", "--data-dir", str(tiny_mnist),
-                   "--out", str(out))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    result = read(out / "result.json")
+    result, _, _ = smoke_run(tiny_mnist, tmp_path, *SMOKE, "--mixed-precision", "bf16")
     assert result["mixed_precision"] == "bf16" and result["compute_dtype"] == "bfloat16"
 
 
@@ -374,11 +359,8 @@ def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, args, fragment
 
 def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train images
     """OneCycle steps per batch (LR up, then down); the held-out tail is scored, not trained."""
-    out = tmp_path / "run"
     args = ("--epochs", "3", "--scheduler", "onecycle", "--lr", "0.05", "--val-split", "128")
-    proc = run_cli("train", *args, "--data-dir", str(tiny_mnist), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
-    result = read(out / "result.json")
+    result, proc, _ = smoke_run(tiny_mnist, tmp_path, *args)
     config = result["config"]
     assert config["scheduler"] == "onecycle" and config["lr_step"] is None
     assert result["train_images"] == 512 - 128 and result["val_images"] == 128
@@ -392,12 +374,7 @@ def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train im
 @pytest.mark.parametrize("step", list(NEW_PARAMS))
 def test_new_steps_train_with_their_registered_recipe(tiny_mnist, tmp_path, step):
     """CPU smoke run of each step beyond the study, through the CLI, recipe untouched."""
-    out = tmp_path / "run"
-    proc = run_cli(
-        "train", "--step", step, *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out)
-    )
-    assert proc.returncode == 0, proc.stderr
-    result = read(out / "result.json")
+    result, _, out = smoke_run(tiny_mnist, tmp_path, "--step", step, *SMOKE)
     config = result["config"]
     from mnist_dist.config import RECIPES
 
