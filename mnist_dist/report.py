@@ -237,6 +237,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--plots", metavar="DIR", help="write the PNG plots into this folder")
     add("--by", default="step", metavar="KEY", help="TrainConfig key to group by (default step)")
     add("--metric", default=DEFAULT_METRIC, metavar="KEY", help="result.json number to aggregate")
+    add("--split", metavar="KEY", help="also split rows by this result.json field (cpu_model)")
     add(
         "--compare",
         nargs="?",
@@ -295,7 +296,9 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         raise UserError(f"{where}: no finished trials ({len(missing)} missing or failed)")
     results, lacking = split_by_metric(results, args.metric)
     missing = missing + lacking
-    found, warnings = config_groups(results, args.by)
+    if args.split and not any(args.split in r for r in results):
+        raise UserError(f"--split {args.split}: no result.json records it (try cpu_model)")
+    found, warnings = config_groups(results, args.by, args.split)
     groups = [one_group(args.by, g, args.metric) for g in found]
     comparisons = None
     if args.compare is not None:

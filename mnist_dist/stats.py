@@ -145,10 +145,14 @@ class Group:
     value: Any  # the --by value
     identity: dict[str, Any]  # less the seed
     runs: list[dict[str, Any]] = field(default_factory=list)
+    split: dict[str, Any] | None = None  # {KEY: value} of ``--split KEY``, a result.json field
 
 
-def config_groups(results: list[dict[str, Any]], by: str) -> tuple[list[Group], list[str]]:
-    """Group runs by config (their identity less the seed), never by label alone.
+def config_groups(
+    results: list[dict[str, Any]], by: str, split: str | None = None
+) -> tuple[list[Group], list[str]]:
+    """Group runs by config (their identity less the seed), never by label alone; with
+    ``split``, also by that result.json field (``cpu_model``: one row per machine).
 
     Returns the groups, ordered by ``--by`` value then label, and one warning line per
     ``--by`` value that holds several configs and per seed counted once of two runs.
@@ -156,13 +160,14 @@ def config_groups(results: list[dict[str, Any]], by: str) -> tuple[list[Group], 
     groups: dict[str, Group] = {}
     for r in results:
         ident = {k: v for k, v in identity_of(r).items() if k != "seed"}
-        key = json.dumps(ident, sort_keys=True)
+        part = {split: r.get(split)} if split else None
+        key = json.dumps([ident, part], sort_keys=True, default=str)
         value = ident.get(by, r["config"].get(by))
-        groups.setdefault(key, Group(str(value), value, ident)).runs.append(r)
+        groups.setdefault(key, Group(str(value), value, ident, split=part)).runs.append(r)
     warnings = [w for g in groups.values() for w in dedupe_seeds(g)]
     siblings: dict[str, list[Group]] = {}
     for g in groups.values():
-        siblings.setdefault(json.dumps(g.value), []).append(g)
+        siblings.setdefault(json.dumps([g.value, g.split], default=str), []).append(g)
     for same in siblings.values():
         if len(same) < 2:
             continue
@@ -173,6 +178,8 @@ def config_groups(results: list[dict[str, Any]], by: str) -> tuple[list[Group], 
             f"{by}={same[0].value} holds {len(same)} configs (they differ in "
             f"{', '.join(keys)}): reported as separate rows, never pooled"
         )
+    for g in groups.values() if split else []:
+        g.label += f" [{split}={g.split[split]}]"
     ordered = sorted(groups.values(), key=lambda g: (group_key(g.value), g.label))
     return ordered, warnings
 
@@ -236,6 +243,7 @@ def one_group(by: str, group: Group, metric: str = DEFAULT_METRIC) -> dict[str, 
     best = [float(r["best_test_acc"]) for r in runs if r.get("best_test_acc") is not None]
     row: dict[str, Any] = {"by": by, by: group.value} if by != "step" else {"by": by}
     row.update(label=group.label, config_hash=digest(group.identity))
+    row.update({"split": group.split} if group.split else {})
     row.update(
         step=one_or_list(r["step"] for r in runs), params=one_or_list(r["params"] for r in runs)
     )

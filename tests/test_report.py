@@ -320,3 +320,28 @@ def test_missing_lines_say_a_bare_state_once_and_a_failure_with_its_error():
         "  a: pending (s/a)",
         "  b: failed: RuntimeError: OOM (s/b)",
     ]
+
+
+def test_split_by_machine_gives_each_cpu_its_own_row_and_pools_without_it(tmp_path):
+    """--split cpu_model: one config run on two machines is two rows, each with its seeds;
+    without it the seeds pool (machine is not part of a trial's identity)."""
+    results = [fake_result("step4", s, [99.0 + s / 10], 7_074) for s in range(4)]
+    for r in results:
+        r["cpu_model"] = "AMD EPYC" if r["seed"] < 2 else "Intel Xeon"
+    root = write_sweep(tmp_path / "s", results)
+    split = json.loads(run_cli("report", str(root), "--json", "--split", "cpu_model").stdout)
+    rows = {g["label"]: (g["split"], g["seeds"], g["mean"]) for g in split["groups"]}
+    assert rows == {
+        "step4 [cpu_model=AMD EPYC]": ({"cpu_model": "AMD EPYC"}, [0, 1], pytest.approx(99.05)),
+        "step4 [cpu_model=Intel Xeon]": ({"cpu_model": "Intel Xeon"}, [2, 3], pytest.approx(99.25)),
+    }
+    pooled = json.loads(run_cli("report", str(root), "--json").stdout)
+    (g,) = pooled["groups"]
+    assert g["seeds"] == [0, 1, 2, 3] and "split" not in g
+    compared = run_cli("report", str(root), "--split", "cpu_model", "--compare",
+                       "step4 [cpu_model=AMD EPYC]:step4 [cpu_model=Intel Xeon]")  # fmt: skip
+    assert compared.returncode == 0, compared.stderr
+    assert "comparisons of final-epoch test accuracy" in compared.stdout
+    assert_one_line_error(
+        run_cli("report", str(root), "--split", "gpu"), "--split gpu", "cpu_model"
+    )
