@@ -26,6 +26,8 @@ three alike, and the median round is reported. On CUDA the clock reads after a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -269,36 +271,33 @@ def print_variants(r: dict) -> None:
 
 def print_tables(paths: list[str]) -> None:
     """``--table``: what each saved ``--json`` run prints. An ``--all-steps`` or ``--pack``
-    run prints its own header and table; single-step runs share one table, a row each."""
+    run prints its own header and table; single-step runs share one table, a row each.
+    Nothing is printed unless every file renders (a bad one is a one-line error)."""
     from .bench_pack import print_packs
     from .bench_steps import print_all
 
     printers = {"all-steps": print_all, "pack-layouts": print_packs}
-    single = []
+    out, single = io.StringIO(), []
     for path in paths:
-        try:
-            r = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(
-                f"--table {path}: not a `mnist-dist bench --json` output ({e})"
-            ) from None
+        r = _checked(path, lambda p: json.loads(Path(p).read_text()), path)
         mode = r.get("mode") if isinstance(r, dict) else None
         if mode in printers:
-            _checked(path, printers[mode], r)
-            print()
+            with contextlib.redirect_stdout(out):
+                _checked(path, printers[mode], r)
+            out.write("\n")
         else:
             single.append((path, r))
     if single:
-        print(markdown_table(single))
+        out.write(markdown_table(single) + "\n")
+    print(out.getvalue(), end="")
 
 
 def _checked(path: str, render: Callable, *args):
     try:
         return render(*args)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise UserError(
-            f"--table {path}: not a `mnist-dist bench --json` output (no {e})"
-        ) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise UserError(f"--table {path}: not a `mnist-dist bench --json` output ({why})") from None
 
 
 def markdown_table(runs: list[tuple[str, dict]]) -> str:

@@ -87,10 +87,18 @@ def test_bench_bad_input_is_one_line(flags, fragment):
     assert_one_line_error(run_cli("bench", *flags), fragment)
 
 
-def test_table_of_a_truncated_all_steps_run_is_one_line(tmp_path):
+def test_table_of_a_truncated_all_steps_run_is_one_line_and_prints_nothing(tmp_path):
     (tmp_path / "cut.json").write_text(json.dumps({"mode": "all-steps", "device": "cpu"}))
     proc = run_cli("bench", "--table", str(tmp_path / "cut.json"))
     assert_one_line_error(proc, "not a `mnist-dist bench --json` output (no 'device_name')")
+    # its header renders, its rows do not: still nothing on stdout, not half a table
+    head = dict(mode="all-steps", device="cpu", device_name=None, cpu_model="x", threads=1,
+                steps=1, repeats=1, warmup=0, load_avg_before=[0, 0, 0],
+                load_avg_after=[0, 0, 0], cores=2)  # fmt: skip
+    (tmp_path / "rowless.json").write_text(json.dumps(head))
+    proc = run_cli("bench", "--table", str(tmp_path / "rowless.json"))
+    assert_one_line_error(proc, "not a `mnist-dist bench --json` output (no 'per_step')")
+    assert proc.stdout == ""
 
 
 def test_time_to_target_trains_then_rereads_its_result(tiny_mnist, tmp_path):
