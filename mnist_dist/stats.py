@@ -178,10 +178,11 @@ def config_groups(
             f"{by}={same[0].value} holds {len(same)} configs (they differ in "
             f"{', '.join(keys)}): reported as separate rows, never pooled"
         )
-    for g in groups.values() if split else []:
-        g.label += f" [{split}={g.split[split]}]"
+    if split:
+        for g in groups.values():
+            g.label += f" [{split}={g.split[split]}]"
     ordered = sorted(groups.values(), key=lambda g: (group_key(g.value), g.label))
-    return ordered, warnings
+    return ordered, list(dict.fromkeys(warnings))  # split siblings repeat a "holds" line
 
 
 def _all_equal(groups: list[Group], key: str) -> bool:
