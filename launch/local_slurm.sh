@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # A real SLURM cluster on localhost, for development and CI (run as root).
 #
-#     bash launch/local_slurm.sh start [--nodes N]  # install if missing, configure, start, wait
+#     bash launch/local_slurm.sh start [--nodes N] [--fresh]  # install, configure, start, wait
 #     bash launch/local_slurm.sh status             # daemons, node state, partition
 #     bash launch/local_slurm.sh stop               # end only what this script started
+#     bash launch/local_slurm.sh install [--nodes N]  # only the Debian packages
 #
 # It installs Debian's slurmctld slurmd slurm-client munge when they are missing, writes
 # /etc/slurm/slurm.conf (marked as ours; a foreign one is never overwritten) with this
@@ -11,6 +12,9 @@
 # slurmd. Jobs run as the submitting user. There is no slurmdbd: see README.md ("sacct")
 # for why. State, logs and the list of what we started live in $STATE_DIR.
 # Idempotent: `start` on a running cluster only checks it; `stop` twice is harmless.
+# slurmctld saves its queue in $STATE_DIR, so a cluster started again after the machine went
+# down resumes the jobs it had. --fresh drops that saved queue instead (when slurmctld is not
+# running): for throwaway test clusters, whose old jobs belong to test folders long gone.
 #
 # --nodes N (default 1) emulates N nodes on this machine: node 0 runs here, in its own UTS
 # namespace only; nodes 1..N-1 each get a network and UTS namespace. Every pair of nodes is
@@ -36,6 +40,7 @@ NET=${MNIST_SLURM_NET:-10.77.0}  # --nodes N > 1: node i at $NET.(i+1)
 OWNED=$STATE_DIR/owned  # what this script started: "name pid [node]", "netns NAME", "hosts"
 HOSTS_TAG="# mnist-dist local_slurm.sh [$CLUSTER]"  # ends our /etc/hosts lines
 NODES=1
+FRESH=""
 
 die() { echo "local_slurm: error: $*" >&2; exit 1; }
 say() { echo "local_slurm: $*"; }
@@ -310,6 +315,10 @@ cmd_start() {
     write_conf
     [ "$NODES" = 1 ] || setup_net
     start_munge
+    if [ -n "$FRESH" ] && ! alive "$(pid_of "$STATE_DIR/slurmctld.pid")"; then
+        rm -rf "${STATE_DIR:?}/ctld" "${STATE_DIR:?}/d"  # the saved queue and node spools
+        mkdir -p "$STATE_DIR/ctld" "$STATE_DIR/d"
+    fi
     start_daemon slurmctld "$STATE_DIR/slurmctld.pid"
     start_slurmds
     wait_idle
@@ -362,7 +371,7 @@ cmd_status() {
     return $rc
 }
 
-usage() { echo "usage: $0 start [--nodes N] | stop | status" >&2; exit 2; }
+usage() { echo "usage: $0 start [--nodes N] [--fresh] | stop | status | install [--nodes N]" >&2; exit 2; }
 
 cmd=${1:-}
 [ $# = 0 ] || shift
@@ -370,6 +379,7 @@ while [ $# -gt 0 ]; do
     case $1 in
         --nodes) [ $# -ge 2 ] || usage; NODES=$2; shift 2 ;;
         --nodes=*) NODES=${1#--nodes=}; shift ;;
+        --fresh) FRESH=1; shift ;;
         *) usage ;;
     esac
 done
@@ -379,6 +389,7 @@ done
 
 case "$cmd" in
     start) cmd_start ;;
+    install) need_root && install_missing ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     *) usage ;;

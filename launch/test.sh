@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The test command (README, and .ci/run after it has set up the venv):
 #   bash launch/test.sh [pytest args]
-# Starts the local single-node SLURM cluster when we can (root), so the real-cluster tests
+# As root it installs SLURM when missing (local_slurm.sh install), so the real-cluster tests
 # run rather than skip, then runs the whole suite with the active python.
-# Cluster shapes: tests/test_slurm_cluster.py submits to this default one-node cluster;
-# tests/test_multinode.py brings up a second, two-node cluster of its own
-# (local_slurm.sh start --nodes 2, with its own SLURM_CONF, state folder, ports 6917/6918
-# and namespaces on 10.77.1.0/24) for its module and stops it afterwards; it skips, saying
-# why, when not root or when namespaces cannot be made.
+# Cluster shapes: each real-cluster test module brings up a cluster of its own
+# (tests/conftest.py own_cluster: its own SLURM_CONF, state folder and ports, started
+# --fresh with an empty queue) and stops it afterwards: tests/test_slurm_cluster.py one
+# node (ports 6827/6828), tests/test_multinode.py two nodes in network namespaces (ports
+# 6917/6918, 10.77.1.0/24). The default cluster (a developer's sweeps) is never used: its
+# queue neither delays the tests nor is touched by them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python}"
 if [ -x launch/local_slurm.sh ] && [ "$(id -u)" = 0 ]; then
-  launch/local_slurm.sh start
+  launch/local_slurm.sh install --nodes 2  # --nodes 2: iproute2 too, for the namespaces
 fi
 if [ -z "${MNIST_DATA_DIR:-}" ] && [ -d ../shared/data/MNIST ]; then
   MNIST_DATA_DIR="$(cd ../shared/data && pwd)"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny IDX data set written per test, the real MNIST folder, a CLI runner.
+"""Shared fixtures: a tiny IDX data set written per test, the real MNIST folder, a CLI runner,
+and a local SLURM cluster of a test module's own.
 
 Tests that need real MNIST read ``MNIST_DATA_DIR`` (CI points it at ../shared/data); the
 others train on a tiny, valid IDX set written here, through the real loader.
@@ -7,8 +8,11 @@ others train on a tiny, valid IDX set written here, through the real loader.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +85,59 @@ def assert_one_line_error(proc, *fragments: str) -> None:
     assert "Traceback" not in proc.stderr
     for frag in fragments:
         assert frag in lines[0], lines[0]
+
+
+SLURM_SCRIPT = REPO / "launch" / "local_slurm.sh"
+
+
+def cluster_env(name: str, partition: str, ctld_port: int, net: str) -> dict[str, str]:
+    """local_slurm.sh settings for a cluster apart from the default one: its own slurm.conf,
+    state folder, name, partition and ports (slurmd listens on ctld_port + 1)."""
+    state = f"/var/tmp/mnist-dist-slurm-{name}"
+    return {
+        "SLURM_CONF": f"{state}/slurm.conf",
+        "MNIST_SLURM_STATE": state,
+        "MNIST_SLURM_CLUSTER": name,
+        "MNIST_SLURM_PARTITION": partition,
+        "MNIST_SLURM_CTLD_PORT": str(ctld_port),
+        "MNIST_SLURM_SLURMD_PORT": str(ctld_port + 1),
+        "MNIST_SLURM_NET": net,
+    }
+
+
+def why_no_local_cluster() -> str | None:
+    """Why a test module cannot start a local cluster of its own here, or None."""
+    if os.geteuid() != 0:
+        return "needs root: it starts a local SLURM cluster of its own (launch/local_slurm.sh)"
+    if shutil.which("sbatch") is None:
+        return "sbatch not found: install SLURM with `bash launch/local_slurm.sh install`"
+    return None
+
+
+@contextmanager
+def own_cluster(env: dict[str, str], *start_args: str):
+    """A test module's own SLURM cluster (``local_slurm.sh start --fresh``), every SLURM
+    command pointed at it through ``env`` meanwhile, stopped afterwards.
+
+    Apart from the default cluster, a developer's sweep queued there neither delays these
+    tests nor is touched by them; --fresh drops jobs that a run cut short (the machine went
+    down mid-test) left in its saved queue, so they never run again ahead of the tests."""
+    full = {**os.environ, **env}
+    proc = subprocess.run(
+        ["bash", str(SLURM_SCRIPT), "start", "--fresh", *start_args],
+        capture_output=True,
+        text=True,
+        env=full,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        yield
+    if not (Path(env["MNIST_SLURM_STATE"]) / "owned").is_file():  # a test stopped it
+        return
+    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=full)
+    if queue.returncode == 0 and queue.stdout.split():  # a failed test's job: end it first
+        subprocess.run(["scancel", *queue.stdout.split()], env=full)
+        time.sleep(2)
+    subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], capture_output=True, env=full)

@@ -2,10 +2,10 @@
 
     python -m pytest tests/test_multinode.py -q     # as root
 
-The module starts a second, independent cluster (its own slurm.conf, state folder, ports
-6917/6918, cluster name, partition, and namespaces on 10.77.1.0/24), so the default
-one-node cluster that tests/test_slurm_cluster.py uses keeps running untouched; every
-SLURM command here goes to it through ``SLURM_CONF``, and the module stops it at the end.
+The module starts a cluster of its own (conftest.own_cluster: its own slurm.conf, state
+folder, ports 6917/6918, cluster name, partition, and namespaces on 10.77.1.0/24), apart
+from the default cluster and from tests/test_slurm_cluster.py's; every SLURM command here
+goes to it through ``SLURM_CONF``, and the module stops it at the end.
 Skipped, with the reason, when not root or when namespaces cannot be made here.
 Data: a tiny IDX set (2,048 training images), so that an epoch takes seconds.
 """
@@ -22,29 +22,30 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, make_tiny_mnist, run_cli
+from .conftest import (
+    REPO,
+    SLURM_SCRIPT,
+    cluster_env,
+    make_tiny_mnist,
+    own_cluster,
+    run_cli,
+    why_no_local_cluster,
+)
 
-STATE = Path("/var/tmp/mnist-dist-slurm-test2")
-CLUSTER = "mdtest2"
+ENV = cluster_env("mdtest2", partition="two", ctld_port=6917, net="10.77.1")
+STATE = Path(ENV["MNIST_SLURM_STATE"])
+CLUSTER = ENV["MNIST_SLURM_CLUSTER"]
 NODES = [f"{CLUSTER}-n0", f"{CLUSTER}-n1"]
-ENV = {
-    "SLURM_CONF": str(STATE / "slurm.conf"),
-    "MNIST_SLURM_STATE": str(STATE),
-    "MNIST_SLURM_CLUSTER": CLUSTER,
-    "MNIST_SLURM_PARTITION": "two",
-    "MNIST_SLURM_CTLD_PORT": "6917",
-    "MNIST_SLURM_SLURMD_PORT": "6918",
-    "MNIST_SLURM_NET": "10.77.1",
-}
-SCRIPT = str(REPO / "launch" / "local_slurm.sh")
+SCRIPT = str(SLURM_SCRIPT)
 TOML = str(REPO / "jobs" / "smoke_2node.toml")
 TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock, differ between any two runs
 
 
 def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root: it starts SLURM daemons and network namespaces"
-    missing = [t for t in ("unshare", "nsenter", "ip", "sbatch") if shutil.which(t) is None]
+    why = why_no_local_cluster()
+    if why:
+        return why
+    missing = [t for t in ("unshare", "nsenter", "ip") if shutil.which(t) is None]
     if missing:
         return f"{', '.join(missing)} not found"
     probe = subprocess.run(["unshare", "--net", "--uts", "true"], capture_output=True, text=True)
@@ -73,20 +74,8 @@ def slurm(*cmd: str) -> str:
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     """The two-node cluster, with every command of the module pointed at it."""
-    proc = script("start", "--nodes", "2")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in ENV.items():
-            mp.setenv(key, value)
+    with own_cluster(ENV, "--nodes", "2"):
         yield
-    if not (STATE / "owned").is_file():  # test_stop_... stopped it
-        return
-    env = {**os.environ, **ENV}
-    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=env)
-    if queue.returncode == 0 and queue.stdout.split():  # a failed test's job: end it first
-        subprocess.run(["scancel", *queue.stdout.split()], env=env)
-        time.sleep(2)
-    script("stop")
 
 
 @pytest.fixture(scope="module")

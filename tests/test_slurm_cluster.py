@@ -1,30 +1,47 @@
-"""Integration tests against a real SLURM cluster (``bash launch/local_slurm.sh start``).
+"""Integration tests against a real SLURM cluster: a one-node cluster of the module's own.
 
-    bash launch/local_slurm.sh start && python -m pytest tests/test_slurm_cluster.py -q -m slurm
+    python -m pytest tests/test_slurm_cluster.py -q     # as root
 
 They submit ``jobs/smoke.toml`` and check every trial's result, break one trial and rerun,
-and preempt a running trial. Skipped only when ``sbatch`` is absent. Data: real MNIST from
-``MNIST_DATA_DIR`` when set, else the tiny IDX set (jobs inherit the data folder).
+and preempt a running trial. The cluster (conftest.own_cluster: ports 6827/6828, name
+mdtest1, partition one) is apart from the default one, so jobs queued there (a sweep) never
+hold these tests up, and it starts with an empty queue. Skipped, with the reason, when not
+root or without SLURM. Data: real MNIST from ``MNIST_DATA_DIR`` when set, else the tiny
+IDX set (jobs inherit the data folder).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, make_tiny_mnist, run_cli
+from .conftest import (
+    REPO,
+    SLURM_SCRIPT,
+    cluster_env,
+    make_tiny_mnist,
+    own_cluster,
+    run_cli,
+    why_no_local_cluster,
+)
 
+ENV = cluster_env("mdtest1", partition="one", ctld_port=6827, net="10.77.2")
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.skipif(shutil.which("sbatch") is None, reason="sbatch not found: no SLURM client"),
+    pytest.mark.skipif(bool(why_no_local_cluster()), reason=why_no_local_cluster() or ""),
 ]
 TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock, differ between any two runs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    with own_cluster(ENV):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +177,21 @@ def _train_cmd(data_dir: Path, out: Path) -> list[str]:
         *("--epochs", "3", "--train-limit", "2000", "--cpu", "--no-progress"),
         *("--data-dir", str(data_dir), "--out", str(out)),
     ]
+
+
+def test_a_restarted_cluster_keeps_its_queue_unless_started_fresh():
+    """slurmctld saves its queue: started again (the machine went down) it still holds its
+    jobs, as a sweep needs; --fresh, as test clusters start, drops them."""
+
+    def restart(*args: str) -> list[str]:
+        for cmd in (("stop",), ("start", *args)):
+            proc = subprocess.run(["bash", str(SLURM_SCRIPT), *cmd], capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+        return subprocess.run(
+            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
+        ).stdout.split()
+
+    held = ["sbatch", "--parsable", "--hold", "--output", "/dev/null", "--wrap", "true"]
+    job = subprocess.run(held, capture_output=True, text=True, check=True).stdout.strip()
+    assert restart() == [job]
+    assert restart("--fresh") == []
