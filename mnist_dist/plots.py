@@ -7,6 +7,10 @@ one entry per config group (the report's rows: seeds of one config, never pooled
   across seeds and each seed as a faint line, with the 99.4% target.
 * ``performance.png``: the origin study's four graphs in one figure (train loss, train
   accuracy, test loss, test accuracy per epoch), each with the same mean and seed band.
+
+Held-out curves follow the report's metric: with ``--metric final_val_acc`` (a tuning
+sweep, which never scores the test set) they are the validation ones, in
+``val_acc_per_epoch.png`` and the panels, instead of empty test axes.
 * ``final_acc_vs_params.png``: final-epoch test accuracy (%) (or the report's ``--metric``)
   against the parameter count, one point per group, error bars +-1 std across seeds.
 """
@@ -22,16 +26,29 @@ from .config import TARGET_ACC
 from .fsio import atomic_open
 from .stats import DEFAULT_METRIC, Group, group_key, metric_label
 
-CURVES = "test_acc_per_epoch.png"
 PANELS = "performance.png"
 PARAMS = "final_acc_vs_params.png"
-# The origin's four graphs: (history key, title, unit)
-PANEL_KEYS = (
-    ("train_loss", "Training loss", "NLL loss"),
-    ("train_acc", "Training accuracy", "accuracy (%)"),
-    ("test_loss", "Test loss", "NLL loss"),
-    ("test_acc", "Test accuracy", "accuracy (%)"),
-)
+HELD_OUT = {"test": "Test", "val": "Validation"}  # history key prefix -> title word
+
+
+def held_out(metric: str) -> str:
+    """The held-out set whose per-epoch curves go with ``metric``: validation for a
+    validation metric (its runs may never score the test set), else test."""
+    return "val" if metric.startswith("final_val") else "test"
+
+
+def curves_name(split: str) -> str:
+    return f"{split}_acc_per_epoch.png"
+
+
+def panel_keys(split: str) -> tuple[tuple[str, str, str], ...]:
+    """The origin's four graphs: (history key, title, unit)."""
+    return (
+        ("train_loss", "Training loss", "NLL loss"),
+        ("train_acc", "Training accuracy", "accuracy (%)"),
+        (f"{split}_loss", f"{HELD_OUT[split]} loss", "NLL loss"),
+        (f"{split}_acc", f"{HELD_OUT[split]} accuracy", "accuracy (%)"),
+    )
 
 
 def _pyplot():
@@ -47,6 +64,16 @@ def _save(fig, path: Path) -> None:
     """Atomic: a reader sees the old PNG or the new one."""
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120, bbox_inches="tight")
+
+
+def _legend(ax, loc: str = "lower right") -> None:
+    """Inside the axes while it is small; beside them (the saved PNG widens to fit) when
+    many or long labels (a sweep's configs) would cover the curves."""
+    labels = ax.get_legend_handles_labels()[1]
+    if len(labels) <= 5 and max(map(len, labels), default=0) <= 40:
+        ax.legend(loc=loc, fontsize=8)
+    else:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, borderaxespad=0)
 
 
 def epoch_curves(
@@ -78,7 +105,9 @@ def draw_metric(ax, groups: list[Group], key: str, legend: bool = True) -> list[
         if len(epochs) == 0:
             continue
         label = f"{g.label} (n={len(g.runs)})" if legend else None
-        ax.plot(epochs, mean, color=color, linewidth=2, label=label, marker="o", markersize=3)
+        style = ("-", "--", ":")[i // 10 % 3]  # colours repeat after 10 groups: styles do not
+        ax.plot(epochs, mean, color=color, linewidth=2, label=label, marker="o", markersize=3,
+                linestyle=style)  # fmt: skip
         ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         half = len(mean) // 2
         lows.append(float(np.min(mean[half:] - std[half:])))
@@ -90,32 +119,32 @@ def draw_metric(ax, groups: list[Group], key: str, legend: bool = True) -> list[
     return lows
 
 
-def plot_curves(groups: list[Group], path: Path) -> Path:
+def plot_curves(groups: list[Group], path: Path, split: str = "test") -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    lows = draw_metric(ax, groups, "test_acc")
+    lows = draw_metric(ax, groups, f"{split}_acc")
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
     if lows:  # zoom on the second half of training, where the groups differ
         ax.set_ylim(max(0.0, min(lows) - 0.5), 100.0)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Test accuracy per epoch: mean, ±1 std band, each seed faint")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_ylabel(f"{HELD_OUT[split].lower()} accuracy (%)")
+    ax.set_title(f"{HELD_OUT[split]} accuracy per epoch: mean, ±1 std band, each seed faint")
+    _legend(ax)
     _save(fig, path)
     plt.close(fig)
     return path
 
 
-def plot_panels(groups: list[Group], path: Path) -> Path:
+def plot_panels(groups: list[Group], path: Path, split: str = "test") -> Path:
     """The origin's four performance graphs, each group's seeds as a mean and band."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
-    for ax, (key, title, unit) in zip(axes.flat, PANEL_KEYS, strict=True):
-        draw_metric(ax, groups, key, legend=key == "test_acc")
+    for ax, (key, title, unit) in zip(axes.flat, panel_keys(split), strict=True):
+        draw_metric(ax, groups, key, legend=key == f"{split}_acc")
         if key.endswith("loss"):
             ax.set_yscale("log")  # losses fall over orders of magnitude
         ax.set_title(title)
         ax.set_ylabel(unit)
-    axes.flat[-1].legend(loc="lower right", fontsize=8)
+    _legend(axes.flat[-1])
     fig.suptitle("Per epoch: mean over seeds, ±1 std band, each seed faint")
     fig.tight_layout()
     _save(fig, path)
@@ -135,21 +164,27 @@ def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -
         std = float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
         xs.append(params)
         label = f"{g.label} (n={len(finals)})"
-        ax.errorbar(params, np.mean(finals), yerr=std, fmt="o", capsize=4, color=f"C{i % 10}",
-                    label=label)  # fmt: skip
-        ax.annotate(g.label, (params, np.mean(finals)), textcoords="offset points", xytext=(6, 6))
+        ax.errorbar(params, np.mean(finals), yerr=std, fmt="osD"[i // 10 % 3], capsize=4,
+                    color=f"C{i % 10}", label=label)  # fmt: skip
+        if len(groups) <= 5:  # more would pile up: the legend names them
+            ax.annotate(g.label, (params, np.mean(finals)), textcoords="offset points",
+                        xytext=(6, 6))  # fmt: skip
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
     ax.set_xscale("log")
     # Plain "7,074"-style labels; log-scale minor labels collide over a narrow range.
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xticks(sorted({int(x) for x in xs}))
+    ticks: list[int] = []
+    for x in sorted({int(x) for x in xs}):  # one label per cluster: 3,702 and 3,808 overlap
+        if not ticks or x > ticks[-1] * 1.05:
+            ticks.append(x)
+    ax.set_xticks(ticks)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel(metric_label(metric))
     what = "Final test accuracy" if metric == DEFAULT_METRIC else metric
     ax.set_title(f"{what} vs parameters, per config (error bars: ±1 std)")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    _legend(ax, loc="best")
     _save(fig, path)
     plt.close(fig)
     return path
@@ -159,8 +194,9 @@ def write_plots(groups: list[Group], folder: Path, metric: str = DEFAULT_METRIC)
     """The three PNGs into ``folder`` (created); returns their paths."""
     folder.mkdir(parents=True, exist_ok=True)
     groups = sorted(groups, key=lambda g: (group_key(g.value), g.label))
+    split = held_out(metric)
     return [
-        plot_curves(groups, folder / CURVES),
-        plot_panels(groups, folder / PANELS),
+        plot_curves(groups, folder / curves_name(split), split),
+        plot_panels(groups, folder / PANELS, split),
         plot_params(groups, folder / PARAMS, metric),
     ]

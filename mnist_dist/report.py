@@ -124,8 +124,9 @@ def render_table(
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
     out = [f"{name}: {metric_label(metric)} over seeds, by {by}", line(header)]
     out += [line(r) for r in rows]
-    out.append(f"best-epoch test accuracy ({BEST_LABEL}):")
-    out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    if any(g["best_epoch_test_acc"] for g in groups):  # none when no run scored the test set
+        out.append(f"best-epoch test accuracy ({BEST_LABEL}):")
+        out += [f"  {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     out += [f"  {line}" for line in weights_lines(groups)]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
@@ -210,8 +211,9 @@ def render_markdown(
         at = f"{g['n_at_target']}/{g['n']}" if g["n_at_target"] is not None else "—"
         cells += [fmt_ci(g), at, f"{first:.1f}" if first else "—"]
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
-    out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
+    if any(g["best_epoch_test_acc"] for g in groups):  # none when no run scored the test set
+        out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
+        out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     out += [""] + [f"- {line}" for line in weights_lines(groups)] if weights_lines(groups) else []
     if comparisons is not None:
         out += [""] + compare.render_markdown(comparisons, metric_label(metric))

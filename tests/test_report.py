@@ -268,6 +268,51 @@ def test_metric_final_val_acc_is_named_and_runs_without_it_are_listed(tmp_path):
     assert "99.30 ± 0.20 (n=3)" in md.read_text()
 
 
+def tuning_result(step: str, seed: int, val_accs: list[float], params: int) -> dict:
+    """A result.json of a tuning run (test_eval = "never"): validation figures only."""
+    r = fake_result(step, seed, val_accs, params)
+    for h in r["history"]:
+        h["val_acc"], h["val_loss"] = h.pop("test_acc"), 0.05
+    r.update(final_val_acc=val_accs[-1], final_test_acc=None, best_test_acc=None, best_epoch=None)
+    return r
+
+
+def ink(png, rgb: tuple[int, int, int]) -> int:
+    """Pixels of one line colour (within 8 of 255 on each channel) in a PNG."""
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(png)[..., :3] * 255
+    return int((np.abs(img - np.array(rgb)).max(axis=-1) < 8).sum())
+
+
+def test_validation_report_plots_validation_curves_and_claims_no_test_figure(tmp_path):
+    """A tuning sweep never scored the test set: --metric final_val_acc draws its validation
+    curves (not empty test axes) and prints no best-epoch test line."""
+    results = [tuning_result("step4", s, [97.0, 98.5, 99.0 + s / 10], 7_074) for s in range(3)]
+    root = write_sweep(tmp_path / "s", results)
+    plots = tmp_path / "plots"
+    args = ("report", str(root), "--metric", "final_val_acc", "--plots", str(plots))
+    proc = run_cli(*args, "--markdown", str(tmp_path / "r.md"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "final_acc_vs_params.png", "performance.png", "val_acc_per_epoch.png"
+    ]  # fmt: skip
+    blue = (31, 119, 180)  # matplotlib's C0: the one group's mean line, band and seeds
+    assert ink(plots / "val_acc_per_epoch.png", blue) > 500
+    assert "best-epoch test" not in proc.stdout.lower()
+    assert "best-epoch test" not in (tmp_path / "r.md").read_text().lower()
+    # The same folder with test figures: test curves, and the labelled best-epoch line.
+    for r in results:
+        for h in r["history"]:
+            h["test_acc"] = h["val_acc"]
+        r.update(final_test_acc=r["final_val_acc"], best_test_acc=r["final_val_acc"])
+    root = write_sweep(tmp_path / "t", results)
+    proc = run_cli("report", str(root), "--plots", str(tmp_path / "p2"))
+    assert proc.returncode == 0, proc.stderr
+    assert ink(tmp_path / "p2" / "test_acc_per_epoch.png", blue) > 500
+    assert "best-epoch test accuracy" in proc.stdout
+
+
 def test_metric_other_than_accuracy_counts_no_seeds_at_target(tmp_path):
     results = synthetic_results(seeds=2)
     for i, r in enumerate(results):
