@@ -13,8 +13,9 @@
 # for why. State, logs and the list of what we started live in $STATE_DIR.
 # Idempotent: `start` on a running cluster only checks it; `stop` twice is harmless.
 # slurmctld saves its queue in $STATE_DIR, so a cluster started again after the machine went
-# down resumes the jobs it had. --fresh drops that saved queue instead (when slurmctld is not
-# running): for throwaway test clusters, whose old jobs belong to test folders long gone.
+# down resumes the jobs it had. --fresh drops that saved queue instead, restarting the
+# cluster's own daemons if they run: for throwaway test clusters, whose old jobs belong to
+# test folders long gone. (The tests' clusters use ports 6827-6828 and 6917-6918.)
 #
 # --nodes N (default 1) emulates N nodes on this machine: node 0 runs here, in its own UTS
 # namespace only; nodes 1..N-1 each get a network and UTS namespace. Every pair of nodes is
@@ -25,7 +26,7 @@
 # A second, independent cluster beside the default one: set these (SLURM_CONF must stay
 # exported for every sbatch/squeue/scontrol against it); the shared munged is reused.
 #     SLURM_CONF=/var/tmp/mn2/slurm.conf MNIST_SLURM_STATE=/var/tmp/mn2 MNIST_SLURM_CLUSTER=mn2 \
-#     MNIST_SLURM_CTLD_PORT=6917 MNIST_SLURM_SLURMD_PORT=6918 MNIST_SLURM_NET=10.77.1 \
+#     MNIST_SLURM_CTLD_PORT=6947 MNIST_SLURM_SLURMD_PORT=6948 MNIST_SLURM_NET=10.77.9 \
 #     MNIST_SLURM_PARTITION=two bash launch/local_slurm.sh start --nodes 2
 set -euo pipefail
 
@@ -62,6 +63,8 @@ install_missing() {
 }
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
+# name pidfile: that daemon runs under its recorded PID (not a PID reused since a reboot)
+running() { local pid; pid=$(pid_of "$2"); alive "$pid" && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$1" ]; }
 pid_of() { if [ -f "$1" ]; then cat "$1"; fi; }
 node_name() { if [ "$NODES" = 1 ]; then hostname -s; else echo "$CLUSTER-n$1"; fi; }
 netns_of() { echo "$CLUSTER-n$1"; }  # node i > 0
@@ -253,7 +256,7 @@ foreign() {  # name [node]: does a $name for our slurm.conf (and node) run, not 
 start_daemon() {  # name pidfile [node [command prefix...]]
     local name=$1 pidfile=$2 node=${3:-}
     shift $(($# < 3 ? $# : 3))
-    if alive "$(pid_of "$pidfile")"; then return; fi
+    if running "$name" "$pidfile"; then return; fi
     if foreign "$name" "$node"; then
         say "$name ${node:+for $node }already runs (not started by this script); leaving it"
         return
@@ -315,7 +318,8 @@ cmd_start() {
     write_conf
     [ "$NODES" = 1 ] || setup_net
     start_munge
-    if [ -n "$FRESH" ] && ! alive "$(pid_of "$STATE_DIR/slurmctld.pid")"; then
+    if [ -n "$FRESH" ]; then  # an empty queue, even if a killed run left ours running
+        stop_owned slurmd slurmctld
         rm -rf "${STATE_DIR:?}/ctld" "${STATE_DIR:?}/d"  # the saved queue and node spools
         mkdir -p "$STATE_DIR/ctld" "$STATE_DIR/d"
     fi
@@ -342,7 +346,12 @@ stop_owned() {  # names...: end those daemons we recorded (PID still running tha
 
 cmd_stop() {
     [ -s "$OWNED" ] || { say "nothing to stop"; return; }
-    stop_owned slurmd slurmctld munged  # slurmd first, munged last
+    stop_owned slurmd slurmctld  # slurmd first
+    if pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null; then
+        say "leaving munged: another cluster's daemons still use it"
+    else
+        stop_owned munged
+    fi
     if grep -q '^netns ' "$OWNED" && grep -qF "$MARK" "$CONF"; then
         # It names addresses that go with the namespaces: a client reading it later would
         # send to them through the default route, off this machine.

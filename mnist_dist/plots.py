@@ -7,12 +7,12 @@ one entry per config group (the report's rows: seeds of one config, never pooled
   across seeds and each seed as a faint line, with the 99.4% target.
 * ``performance.png``: the origin study's four graphs in one figure (train loss, train
   accuracy, test loss, test accuracy per epoch), each with the same mean and seed band.
+* ``final_acc_vs_params.png``: final-epoch test accuracy (%) (or the report's ``--metric``)
+  against the parameter count, one point per group, error bars +-1 std across seeds.
 
 Held-out curves follow the report's metric: with ``--metric final_val_acc`` (a tuning
 sweep, which never scores the test set) they are the validation ones, in
 ``val_acc_per_epoch.png`` and the panels, instead of empty test axes.
-* ``final_acc_vs_params.png``: final-epoch test accuracy (%) (or the report's ``--metric``)
-  against the parameter count, one point per group, error bars +-1 std across seeds.
 """
 
 from __future__ import annotations

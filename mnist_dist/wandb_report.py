@@ -128,7 +128,7 @@ def log_report(project_path, group, groups, rows, markdown, plots, found, args) 
         if not plots:  # the summary run always carries the plots
             from .plots import write_plots
 
-            plots = write_plots(found, Path(tmp))
+            plots = write_plots(found, Path(tmp), args.metric)
         try:
             run = wandb.init(
                 entity=entity,

@@ -88,6 +88,7 @@ def assert_one_line_error(proc, *fragments: str) -> None:
 
 
 SLURM_SCRIPT = REPO / "launch" / "local_slurm.sh"
+TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock: differ between runs
 
 
 def cluster_env(name: str, partition: str, ctld_port: int, net: str) -> dict[str, str]:
@@ -114,30 +115,35 @@ def why_no_local_cluster() -> str | None:
     return None
 
 
+def local_slurm(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``bash launch/local_slurm.sh ARGS`` for the cluster that ``env`` names."""
+    cmd = ["bash", str(SLURM_SCRIPT), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+
+
 @contextmanager
 def own_cluster(env: dict[str, str], *start_args: str):
     """A test module's own SLURM cluster (``local_slurm.sh start --fresh``), every SLURM
     command pointed at it through ``env`` meanwhile, stopped afterwards.
 
     Apart from the default cluster, a developer's sweep queued there neither delays these
-    tests nor is touched by them; --fresh drops jobs that a run cut short (the machine went
-    down mid-test) left in its saved queue, so they never run again ahead of the tests."""
+    tests nor is touched by them; --fresh empties its queue, so jobs that a run cut short
+    left there (the machine went down, or pytest was killed) never run ahead of the tests.
+    Two test sessions at once on one machine would share it: run one at a time."""
     full = {**os.environ, **env}
-    proc = subprocess.run(
-        ["bash", str(SLURM_SCRIPT), "start", "--fresh", *start_args],
-        capture_output=True,
-        text=True,
-        env=full,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        yield
-    if not (Path(env["MNIST_SLURM_STATE"]) / "owned").is_file():  # a test stopped it
-        return
-    queue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=full)
-    if queue.returncode == 0 and queue.stdout.split():  # a failed test's job: end it first
-        subprocess.run(["scancel", *queue.stdout.split()], env=full)
-        time.sleep(2)
-    subprocess.run(["bash", str(SLURM_SCRIPT), "stop"], capture_output=True, env=full)
+    try:
+        proc = local_slurm("start", "--fresh", *start_args, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            yield
+    finally:
+        if (Path(env["MNIST_SLURM_STATE"]) / "owned").is_file():  # else a test stopped it
+            queue = subprocess.run(
+                ["squeue", "-h", "-o", "%i"], capture_output=True, text=True, env=full
+            )
+            if queue.returncode == 0 and queue.stdout.split():  # a failed test's job
+                subprocess.run(["scancel", *queue.stdout.split()], env=full)
+                time.sleep(2)
+            local_slurm("stop", env=env)

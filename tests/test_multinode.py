@@ -24,8 +24,9 @@ import pytest
 
 from .conftest import (
     REPO,
-    SLURM_SCRIPT,
+    TIMING_KEYS,
     cluster_env,
+    local_slurm,
     make_tiny_mnist,
     own_cluster,
     run_cli,
@@ -36,9 +37,7 @@ ENV = cluster_env("mdtest2", partition="two", ctld_port=6917, net="10.77.1")
 STATE = Path(ENV["MNIST_SLURM_STATE"])
 CLUSTER = ENV["MNIST_SLURM_CLUSTER"]
 NODES = [f"{CLUSTER}-n0", f"{CLUSTER}-n1"]
-SCRIPT = str(SLURM_SCRIPT)
 TOML = str(REPO / "jobs" / "smoke_2node.toml")
-TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock, differ between any two runs
 
 
 def _why_not() -> str | None:
@@ -58,10 +57,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.skipif(bool(_why_not()), reason=_wh
 
 
 def script(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        ["bash", SCRIPT, *args], capture_output=True, text=True, env={**os.environ, **ENV}
-    )
-    return proc
+    return local_slurm(*args, env=ENV)
 
 
 def slurm(*cmd: str) -> str:

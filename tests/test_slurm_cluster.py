@@ -22,8 +22,9 @@ import pytest
 
 from .conftest import (
     REPO,
-    SLURM_SCRIPT,
+    TIMING_KEYS,
     cluster_env,
+    local_slurm,
     make_tiny_mnist,
     own_cluster,
     run_cli,
@@ -35,7 +36,6 @@ pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(bool(why_no_local_cluster()), reason=why_no_local_cluster() or ""),
 ]
-TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock, differ between any two runs
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -181,17 +181,22 @@ def _train_cmd(data_dir: Path, out: Path) -> list[str]:
 
 def test_a_restarted_cluster_keeps_its_queue_unless_started_fresh():
     """slurmctld saves its queue: started again (the machine went down) it still holds its
-    jobs, as a sweep needs; --fresh, as test clusters start, drops them."""
+    jobs, as a sweep needs; --fresh, as test clusters start, empties it, whether the cluster
+    was down or still running (a killed test run)."""
 
-    def restart(*args: str) -> list[str]:
-        for cmd in (("stop",), ("start", *args)):
-            proc = subprocess.run(["bash", str(SLURM_SCRIPT), *cmd], capture_output=True, text=True)
+    def queue_after(*commands: tuple[str, ...]) -> list[str]:
+        for args in commands:
+            proc = local_slurm(*args, env=ENV)
             assert proc.returncode == 0, proc.stdout + proc.stderr
-        return subprocess.run(
-            ["squeue", "-h", "-o", "%i"], capture_output=True, text=True
-        ).stdout.split()
+        squeue = ["squeue", "-h", "-o", "%i"]
+        return subprocess.run(squeue, capture_output=True, text=True, check=True).stdout.split()
 
-    held = ["sbatch", "--parsable", "--hold", "--output", "/dev/null", "--wrap", "true"]
-    job = subprocess.run(held, capture_output=True, text=True, check=True).stdout.strip()
-    assert restart() == [job]
-    assert restart("--fresh") == []
+    def held_job() -> str:
+        held = ["sbatch", "--parsable", "--hold", "--output", "/dev/null", "--wrap", "true"]
+        return subprocess.run(held, capture_output=True, text=True, check=True).stdout.strip()
+
+    job = held_job()
+    assert job in queue_after(("stop",), ("start",))
+    assert queue_after(("start", "--fresh")) == []  # it was running
+    held_job()
+    assert queue_after(("stop",), ("start", "--fresh")) == []  # it was down
