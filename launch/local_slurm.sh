@@ -63,8 +63,9 @@ install_missing() {
 }
 
 alive() { [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; }
-# name pidfile: that daemon runs under its recorded PID (not a PID reused since a reboot)
-running() { local pid; pid=$(pid_of "$2"); alive "$pid" && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$1" ]; }
+# name pid: that daemon runs under this PID (not a PID reused since a reboot)
+is_daemon() { alive "$2" && [ "$(cat /proc/"$2"/comm 2>/dev/null)" = "$1" ]; }
+running() { is_daemon "$1" "$(pid_of "$2")"; }  # name pidfile
 pid_of() { if [ -f "$1" ]; then cat "$1"; fi; }
 node_name() { if [ "$NODES" = 1 ]; then hostname -s; else echo "$CLUSTER-n$1"; fi; }
 netns_of() { echo "$CLUSTER-n$1"; }  # node i > 0
@@ -332,7 +333,7 @@ stop_owned() {  # names...: end those daemons we recorded (PID still running tha
     local keep=() name pid rest
     while read -r name pid rest; do
         if [[ " $* " == *" $name "* ]]; then
-            if alive "$pid" && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$name" ]; then
+            if is_daemon "$name" "$pid"; then
                 kill "$pid"
                 for _ in $(seq 100); do alive "$pid" || break; sleep 0.1; done
                 say "stopped $name${rest:+ $rest} ($pid)"

@@ -91,6 +91,11 @@ SLURM_SCRIPT = REPO / "launch" / "local_slurm.sh"
 TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock: differ between runs
 
 
+def timeless(history: list[dict]) -> list[dict]:
+    """A result's history without its wall-clock keys: what two equal runs share."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
 def cluster_env(name: str, partition: str, ctld_port: int, net: str) -> dict[str, str]:
     """local_slurm.sh settings for a cluster apart from the default one: its own slurm.conf,
     state folder, name, partition and ports (slurmd listens on ctld_port + 1)."""

@@ -24,12 +24,12 @@ import pytest
 
 from .conftest import (
     REPO,
-    TIMING_KEYS,
     cluster_env,
     local_slurm,
     make_tiny_mnist,
     own_cluster,
     run_cli,
+    timeless,
     why_no_local_cluster,
 )
 
@@ -92,10 +92,6 @@ def torchrun_reference(data_dir: Path, out: Path) -> subprocess.Popen:
     )
 
 
-def strip(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
-
-
 def results(out: Path) -> list[dict]:
     record = json.loads((out / "sweep.json").read_text())
     return [json.loads((out / t["trial_id"] / "result.json").read_text()) for t in record["trials"]]
@@ -139,7 +135,7 @@ def test_two_node_trial_runs_on_both_nodes_and_matches_one_node_two_processes(tw
     assert got["trial_id"] == want["trial_id"]  # the same config, the same identity
     assert got["threads"] == 1  # cpus_per_task
     assert len(got["history"]) == 3 and got["history"][-1]["train_acc"] > 50  # it learns
-    for a, b in zip(strip(got["history"]), strip(want["history"]), strict=True):
+    for a, b in zip(timeless(got["history"]), timeless(want["history"]), strict=True):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], abs=1e-5), (a["epoch"], key)
@@ -218,7 +214,7 @@ def test_preempted_two_node_trial_resumes_to_the_uninterrupted_history(
     assert sorted(result["hosts"]) == NODES
     uninterrupted = two_node["result"]["history"]
     assert len(result["history"]) == PREEMPT_EPOCHS
-    assert strip(result["history"]) == strip(uninterrupted)
+    assert timeless(result["history"]) == timeless(uninterrupted)
 
 
 def test_stop_leaves_no_namespace_link_daemon_or_hosts_entry():

@@ -22,12 +22,12 @@ import pytest
 
 from .conftest import (
     REPO,
-    TIMING_KEYS,
     cluster_env,
     local_slurm,
     make_tiny_mnist,
     own_cluster,
     run_cli,
+    timeless,
     why_no_local_cluster,
 )
 
@@ -165,8 +165,7 @@ def test_preempted_trial_requeues_and_ends_with_uninterrupted_history(tmp_path, 
     assert "Requeued job" in log and "resuming" in log and "after epoch" in log
     got = json.loads((trial / "result.json").read_text())["history"]
     want = json.loads((tmp_path / "ref" / "result.json").read_text())["history"]
-    strip = lambda h: [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in h]  # noqa: E731
-    assert len(got) == 3 and strip(got) == strip(want)
+    assert len(got) == 3 and timeless(got) == timeless(want)
 
 
 def _train_cmd(data_dir: Path, out: Path) -> list[str]:
