@@ -2,7 +2,7 @@
 
     mnist-dist evaluate runs/s5 [--out DIR] [--json]
 
-The model is the run's headline weights (``sweepdir.load_trained``), on CPU. Prints the
+The model is the run's headline weights (``rundir.load_trained``), on CPU. Prints the
 accuracy and the accuracy per true digit (``--json``: also the confusion matrix), and
 writes into ``--out`` (default: the run folder):
 
@@ -25,7 +25,7 @@ from .data import load_mnist
 from .errors import ArgumentParser, UserError, cli_errors
 from .fsio import atomic_open
 from .recognize import Recognizer
-from .sweepdir import load_trained
+from .rundir import load_trained
 
 CONFUSION, MISCLASSIFIED = "confusion_matrix.png", "misclassified.png"
 MAX_SHOWN, COLUMNS = 200, 20  # misclassified.png: digits drawn, per row

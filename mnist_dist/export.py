@@ -29,7 +29,7 @@ import torch
 from .errors import ArgumentParser, UserError, cli_errors
 from .fsio import atomic_open
 from .recognize import EXTRA, Recognizer
-from .sweepdir import load_trained
+from .rundir import load_trained
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 META = "mnist_dist"  # ONNX metadata key; TorchScript extra file META + ".json"

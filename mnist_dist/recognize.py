@@ -2,6 +2,7 @@
 
     mnist-dist predict runs/s5 digit.png scan.jpg [--json] [--show-input DIR]
     mnist-dist predict runs/s5/model.onnx digit.png        # an exported file (mnist-dist export)
+    mnist-dist predict runs/s5/model.pt digit.png --trust-torchscript  # TorchScript: opt-in
 
 Any image Pillow reads (PNG, JPEG, ...), any size, colour or grey, dark ink on light paper
 or light on dark, becomes a 28 x 28 MNIST-style digit the way MNIST's were made: grayscale;
@@ -124,10 +125,14 @@ def save_input(pixels: torch.Tensor, path: Path) -> None:
 # ---- models: a run folder or an exported file -----------------------------------------
 
 
-def load_classifier(path: Path) -> Classifier:
-    """A run folder's model (headline weights), or a file from ``mnist-dist export``."""
+def load_classifier(path: Path, trust_torchscript: bool = False) -> Classifier:
+    """A run folder's model (headline weights), or a file from ``mnist-dist export``.
+
+    A run folder's checkpoint and an ONNX file are data: reading them runs nothing of
+    theirs. A TorchScript file is a program, so it is read only when the user vouches for
+    it (``--trust-torchscript``)."""
     if path.is_dir():
-        from .sweepdir import load_trained
+        from .rundir import load_trained
 
         _, net = load_trained(path)
         return Recognizer(net).eval()
@@ -138,7 +143,14 @@ def load_classifier(path: Path) -> Classifier:
             f"{path} is neither a run folder nor an exported model (.pt TorchScript or .onnx); "
             "see `mnist-dist export --help`"
         )
-    return load_torchscript(path) if path.suffix == ".pt" else load_onnx(path)
+    if path.suffix == ".onnx":
+        return load_onnx(path)
+    if not trust_torchscript:
+        raise UserError(
+            f"{path} is TorchScript, which can run code when loaded: pass --trust-torchscript "
+            "if you trust its source, or use an ONNX export (mnist-dist export RUN --format onnx)"
+        )
+    return load_torchscript(path)
 
 
 def load_torchscript(path: Path) -> Classifier:
@@ -201,10 +213,16 @@ def predict_main(argv: list[str] | None = None, prog: str = "mnist-dist predict"
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     p.add_argument("--show-input", metavar="DIR", help="write the 28x28 image the model saw")
+    p.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="load a TorchScript .pt file; it is a program that can run code, so only one "
+        "you made or trust (run folders and .onnx files need no such flag)",
+    )
     args = p.parse_args(argv)
     paths = [Path(s) for s in args.images]
     pixels = torch.stack([preprocess(read_image(path), str(path)) for path in paths])
-    classify = load_classifier(Path(args.run))
+    classify = load_classifier(Path(args.run), args.trust_torchscript)
     with torch.inference_mode():
         log_probs = classify(pixels)
     rows = [

@@ -34,6 +34,7 @@ from . import compare, reference
 from .config import TARGET_ACC, TrainConfig
 from .errors import ArgumentParser, UserError, cli_errors
 from .fsio import write_text
+from .rundir import RESULT, read_result
 from .stats import (
     BEST_LABEL,
     DEFAULT_METRIC,
@@ -44,7 +45,7 @@ from .stats import (
     one_group,
     split_by_metric,
 )
-from .sweepdir import RESULT, dir_record, read_result, trial_states
+from .sweepdir import dir_record, trial_states
 
 
 def load_dir(root: Path) -> tuple[str, list[dict], list[dict], list[dict]]:

@@ -19,7 +19,8 @@ from typing import Any
 
 from .errors import UserError
 from .fsio import write_text
-from .sweepdir import ERROR, SLURM_TIMEOUT_S
+from .rundir import ERROR
+from .sweepdir import SLURM_TIMEOUT_S
 from .sweepfile import Resources
 
 CLUSTERS = ("slurm", "local", "debug")

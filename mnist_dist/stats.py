@@ -20,7 +20,7 @@ from scipy import stats
 
 from .config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest, identity_value
 from .errors import UserError
-from .sweepdir import result_config
+from .rundir import result_config
 
 CI_LEVEL = 0.95
 NO_CI = "n=1: one seed gives no variance, std, sem or CI"

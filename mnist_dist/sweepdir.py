@@ -1,11 +1,8 @@
-"""The run and sweep folders: their file names, the checkpoint, and each trial's one state.
+"""The sweep folder: its record, its lock, and each trial's one state.
 
-A run folder (``mnist-dist train --out``, or a sweep's ``DIR/<trial_id>/``) holds
-``config.json`` (at start), ``checkpoint.pt`` (each epoch), ``result.json`` (at the end),
-``error.txt`` (when a sweep trial raised) and ``wandb_run.json`` (the W&B run id and the
-last epoch W&B received). A sweep folder holds ``sweep.json`` (the record: its trials and
-every job submitted), one run folder per trial, and submitit's ``logs/``. Everything is
-written through ``fsio.atomic_open``; ``sweep.json`` only under ``record_lock``.
+A sweep folder holds ``sweep.json`` (the record: its trials and every job submitted), one
+run folder per trial (``rundir``), and submitit's ``logs/``. Everything is written through
+``fsio.atomic_open``; ``sweep.json`` only under ``record_lock``.
 
 ``trial_states`` is the one place that decides done / running / pending / failed /
 missing / corrupt / unknown: ``mnist-dist status`` and ``mnist-dist report`` both read it.
@@ -21,10 +18,9 @@ from typing import Any
 
 from .config import TrainConfig
 from .errors import UserError
-from .fsio import atomic_open, write_json
+from .fsio import write_json
+from .rundir import CONFIG, ERROR, RESULT, error_line, read_result
 
-CONFIG, CHECKPOINT, RESULT, ERROR = "config.json", "checkpoint.pt", "result.json", "error.txt"
-WANDB_STATE = "wandb_run.json"
 RECORD, LOCK = "sweep.json", ".sweep.lock"
 STATES = ("done", "running", "pending", "failed", "missing", "corrupt", "unknown")
 SLURM_TIMEOUT_S = 20  # a healthy slurmctld answers in well under a second
@@ -33,152 +29,6 @@ LIVE_STATES = {  # squeue state -> our state
     **dict.fromkeys(["REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"], "pending"),
     **dict.fromkeys(["RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"], "running"),
 }
-# final_test_acc is None for a tuning run that never scored the test set (test_eval never)
-REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float, type(None)), "config": dict}
-
-
-# ---- one run folder -------------------------------------------------------------------
-
-
-def read_result(path: Path) -> dict[str, Any]:
-    """One result.json; ValueError with a short reason when it is unreadable or incomplete."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError("not a JSON object")
-    for key, kind in REQUIRED.items():
-        if not isinstance(data.get(key), kind):
-            raise ValueError(f"missing or bad {key!r}")
-    if not isinstance(data.get("history"), list):
-        raise ValueError("missing or bad 'history'")
-    data.setdefault("epochs", len(data["history"]))
-    return data
-
-
-def result_config(result: dict[str, Any]) -> TrainConfig:
-    """The run's TrainConfig; keys an older run lacks take their defaults, as in its id.
-    An older config has no world_size: its result.json recorded the processes it ran on."""
-    data = dict(result["config"])
-    data.setdefault("world_size", result.get("world_size") or 1)
-    return TrainConfig.from_dict(data, where="result.json config")
-
-
-def error_line(folder: Path) -> str | None:
-    """The last line of a failed trial's traceback, i.e. the exception."""
-    path = folder / ERROR
-    if not path.is_file():
-        return None
-    lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed (empty error.txt)"
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """One file, atomic: a preempted write leaves the previous epoch's checkpoint intact."""
-    import torch
-
-    with atomic_open(path, "wb") as f:
-        torch.save(state, f)
-
-
-def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
-    """The run folder's checkpoint, if any, after checking it belongs to this run."""
-    import torch
-
-    if not path.is_file():
-        return None
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved = TrainConfig.from_dict(
-        {"world_size": ckpt.get("world_size", 1), **ckpt["config"]}, where=str(path)
-    )
-    if saved.world_size != cfg.world_size:
-        raise UserError(
-            f"{path} was written by {saved.world_size} process(es), this run has "
-            f"{cfg.world_size} (batch size is per process); resume with "
-            f"{saved.world_size}, or use a new --out to start over"
-        )
-    if saved.identity() != cfg.identity():
-        raise UserError(f"{path} was written by a different config; use a new --out to start over")
-    return ckpt
-
-
-def checkpoint_state(net, optimizer, scheduler, accelerator, history, cfg, wall, ema=None):
-    """Everything a resumed run needs to continue exactly: one file, see save_checkpoint.
-
-    The data order and augmentation are seeded per (seed, epoch) and need no state; the
-    global RNG (dropout, if a model has it) and fp16's GradScaler do.
-    """
-    import torch
-
-    scaler = getattr(accelerator, "scaler", None)
-    return dict(
-        epoch=len(history),
-        model=net.state_dict(),
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        scaler=scaler.state_dict() if scaler is not None else None,
-        ema=ema.state_dict() if ema is not None else None,  # AveragedModel, with n_averaged
-        rng=torch.get_rng_state(),
-        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        history=history,
-        config=cfg.to_dict(),
-        world_size=cfg.world_size,
-        wall_seconds=wall,
-    )
-
-
-def restore(ckpt, net, optimizer, scheduler, accelerator, out: Path, ema=None):
-    """Load a checkpoint into the fresh objects; (history so far, wall seconds so far)."""
-    import torch
-
-    if not ckpt:
-        return [], 0.0
-    net.load_state_dict(ckpt["model"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler = getattr(accelerator, "scaler", None)
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    if ckpt.get("rng") is not None:
-        torch.set_rng_state(ckpt["rng"])
-    if ckpt.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    accelerator.print(f"resuming {out} after epoch {ckpt['epoch']}")
-    return ckpt["history"], float(ckpt.get("wall_seconds", 0.0))
-
-
-def headline_weights(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The state_dict of the weights the recipe reports: the EMA of the weights where the
-    config's ``headline`` says "ema", else the trained weights themselves."""
-    if ckpt["config"].get("headline", "model") == "ema" and ckpt.get("ema"):
-        # torch.optim.swa_utils.AveragedModel: the net under "module.", plus "n_averaged"
-        return {k[7:]: v for k, v in ckpt["ema"].items() if k.startswith("module.")}
-    return ckpt["model"]
-
-
-def load_trained(folder: Path):
-    """(TrainConfig, model in eval mode on CPU with its headline weights) of a run folder;
-    a one-line error when the folder holds no checkpoint. For predict, evaluate, export."""
-    import torch
-
-    from .models import build_model
-
-    path = folder / CHECKPOINT
-    if not path.is_file():
-        raise UserError(
-            f"{folder} holds no {CHECKPOINT}: give a run folder written by `mnist-dist train`"
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        cfg = TrainConfig.from_dict(ckpt["config"], where=str(path))
-    except (RuntimeError, OSError, KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({type(e).__name__}); retrain the run") from e
-    net = build_model(cfg.step)
-    net.load_state_dict(headline_weights(ckpt))
-    return cfg, net.eval()
 
 
 # ---- one sweep folder -----------------------------------------------------------------

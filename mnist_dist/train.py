@@ -26,8 +26,7 @@ from .data import Augment, TrainBatches, eval_batches, load_mnist
 from .errors import UserError, cli_errors
 from .fsio import write_json
 from .models import build_model, count_params
-from .runinfo import cpu_threads, git_commit, make_result, run_env
-from .sweepdir import (
+from .rundir import (
     CHECKPOINT,
     CONFIG,
     RESULT,
@@ -37,6 +36,7 @@ from .sweepdir import (
     result_config,
     save_checkpoint,
 )
+from .runinfo import cpu_threads, git_commit, make_result, run_env
 from .tracking import Tracker
 
 PROGRESS_EVERY_S = 30.0  # non-TTY output (SLURM logs): a progress line this often, seconds

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from .config import Runtime, TrainConfig
 from .data import eval_batches, load_mnist
 from .errors import UserError
-from .fsio import atomic_open, write_json
+from .fsio import write_json
 from .models import count_params
 from .pack import load_seed, pack_model, seed_optimizer_state, seed_state
+from .rundir import CHECKPOINT, CONFIG, RESULT, read_checkpoint, save_checkpoint
 from .runinfo import cpu_threads, git_commit, make_result, run_env
-from .sweepdir import CHECKPOINT, CONFIG, RESULT, save_checkpoint
 from .tracking import Tracker
 from .train import (
     PROGRESS_EVERY_S,
@@ -136,8 +136,7 @@ def train_pack(cfgs: list[TrainConfig], rt: Runtime, parent: Path, folders) -> d
             scheduler=scheduler.state_dict(), rng=torch.get_rng_state(),
             ema=ema.state_dict() if ema is not None else None, wall_seconds=wall,
         )  # fmt: skip
-        with atomic_open(state_path, "wb") as f:
-            torch.save(state, f)
+        save_checkpoint(state_path, state)
         for s in seeds:
             trackers[s].log(histories[s][-1])
     probe.remove()
@@ -187,7 +186,7 @@ def load_pack_state(path: Path, cfg: TrainConfig, seeds: list[int]) -> dict[str,
     """The pack's resume state, if it is this config's and these seeds'."""
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path, fix="move it away to start these seeds over")
     if TrainConfig.from_dict(state["config"]).identity() != cfg.identity():
         raise UserError(f"{path} was written by a different config; use a new --out")
     return state if state["seeds"] == seeds else None

@@ -87,6 +87,22 @@ def assert_one_line_error(proc, *fragments: str) -> None:
         assert frag in lines[0], lines[0]
 
 
+def cli_error(capsys, *argv: str) -> str:
+    """Bad input, in-process through ``mnist-dist``'s own entry: exit 2, nothing on stdout,
+    exactly one stderr line and no traceback; returns that line. (One real subprocess per
+    command, through ``run_cli``, keeps the installed CLI honest; the rest run here.)"""
+    from mnist_dist.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert exit_.value.code == 2 and not out, (argv, out)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
 SLURM_SCRIPT = REPO / "launch" / "local_slurm.sh"
 TIMING_KEYS = ("seconds", "eval_seconds", "images_per_s")  # wall-clock: differ between runs
 

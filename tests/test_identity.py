@@ -122,7 +122,7 @@ def test_checkpoint_keeps_the_grad_scaler_state(tmp_path):
     here on CPU (the full fp16 resume needs a GPU)."""
     from types import SimpleNamespace
 
-    from mnist_dist.sweepdir import checkpoint_state, load_checkpoint, restore, save_checkpoint
+    from mnist_dist.rundir import checkpoint_state, load_checkpoint, restore, save_checkpoint
 
     cfg = TrainConfig(step="step4", epochs=2).resolve()
     net = torch.nn.Linear(3, 2)

@@ -63,8 +63,8 @@ def packed_vs_separate(tmp_path, data, args, seeds=(0, 1, 2)):
 def assert_same_checkpoint(packed, separate) -> None:
     """A packed seed's checkpoint is the one its separate run writes: model, optimizer
     state (momentum, AdamW moments), scheduler, EMA; so it resumes and loads as any run."""
-    a = torch.load(packed / "checkpoint.pt", weights_only=False)
-    b = torch.load(separate / "checkpoint.pt", weights_only=False)
+    a = torch.load(packed / "checkpoint.pt", weights_only=True)
+    b = torch.load(separate / "checkpoint.pt", weights_only=True)
     for key, value in b["model"].items():
         assert torch.allclose(a["model"][key], value, atol=1e-8, rtol=0), key
     for i, per in b["optimizer"]["state"].items():
@@ -168,7 +168,7 @@ def test_seeds_write_normal_run_folders_that_report_groups(tiny_mnist, tmp_path)
     (group,) = read_report(out)["groups"]
     assert group["n"] == 4 and group["seeds"] == [0, 1, 2, 3]
     # the per-seed checkpoint is a standard one: the recognizer's loader reads it
-    from mnist_dist.sweepdir import load_trained
+    from mnist_dist.rundir import load_trained
 
     cfg, net = load_trained(folders[0])
     assert cfg.seed == read(folders[0] / "config.json")["seed"] and not net.training

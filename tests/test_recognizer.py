@@ -18,9 +18,16 @@ from scipy.ndimage import center_of_mass
 
 from mnist_dist.data import load_mnist, normalize
 from mnist_dist.recognize import BOX, CENTRE, INK_FLOOR, preprocess, read_image
-from mnist_dist.sweepdir import load_trained
+from mnist_dist.rundir import load_trained
 
-from .conftest import REPO, assert_one_line_error, make_tiny_mnist, real_mnist_root, run_cli
+from .conftest import (
+    REPO,
+    assert_one_line_error,
+    cli_error,
+    make_tiny_mnist,
+    real_mnist_root,
+    run_cli,
+)
 from .images import VARIANTS, save_variant
 
 # ---- fixtures: one trained model per module, real digits drawn four ways --------------
@@ -179,7 +186,9 @@ def test_predict_on_exported_files_gives_the_run_folders_answers(
         assert (
             run_cli("export", str(trained_run), "--format", fmt, "--out", str(out)).returncode == 0
         )
-        got = predict_json(str(out), *images)
+        got = predict_json(
+            str(out), *images, *(["--trust-torchscript"] if fmt == "torchscript" else [])
+        )
         assert [r["digit"] for r in got] == [r["digit"] for r in expected], fmt
         for g, e in zip(got, expected, strict=True):
             assert [d for d, _ in g["top3"]] == [d for d, _ in e["top3"]]
@@ -251,6 +260,7 @@ def bad_cases(tmp: Path, run: Path):
     no_ckpt = tmp / "empty_run"
     no_ckpt.mkdir()
     (no_ckpt / "config.json").write_text("{}")
+    (tmp / "m.pt").write_bytes(b"\x00junk")  # refused by its suffix, before it is read
     junk_onnx = tmp / "junk.onnx"
     junk_onnx.write_bytes(b"\x00junk")
     return [
@@ -262,21 +272,30 @@ def bad_cases(tmp: Path, run: Path):
         (["predict", str(no_ckpt), str(good)], ["empty_run", "holds no checkpoint.pt"]),
         (["predict", str(tmp / "nope"), str(good)], ["no such run folder or model file"]),
         (["predict", str(text), str(good)], ["neither a run folder nor an exported model"]),
-        (["predict", str(run / "checkpoint.pt"), str(good)], ["is not a TorchScript model"]),
+        (
+            ["predict", str(run / "checkpoint.pt"), str(good), "--trust-torchscript"],
+            ["is not a TorchScript model"],
+        ),  # fmt: skip
+        (["predict", str(tmp / "m.pt"), str(good)], ["m.pt is TorchScript", "--trust-torchscript"]),
         (["predict", str(junk_onnx), str(good)], ["junk.onnx", "is not an ONNX model"]),
         (["evaluate", str(no_ckpt)], ["holds no checkpoint.pt"]),
         (["export", str(no_ckpt)], ["holds no checkpoint.pt"]),
         (["export", str(run), "--format", "tflite"], ["invalid choice: 'tflite'", "onnx"]),
-        (["export", str(run), "--format", "onnx", "--out", str(tmp / "m.pt")], ["end in .onnx"]),
+        (["export", str(run), "--format", "onnx", "--out", str(tmp / "x.pt")], ["end in .onnx"]),
     ]
 
 
-def test_bad_input_is_one_line_error(tiny_run, tmp_path):
-    for argv, fragments in bad_cases(tmp_path, tiny_run):
+def test_bad_input_is_one_line_error(tiny_run, tmp_path, capsys):
+    cases = bad_cases(tmp_path, tiny_run)
+    for argv, fragments in cases:
+        line = cli_error(capsys, *argv)
+        assert all(frag in line for frag in fragments), (argv, line)
+    for command in ("predict", "evaluate", "export"):  # each once as a real process
+        argv, fragments = next(case for case in cases if case[0][0] == command)
         proc = run_cli(*argv)
         assert_one_line_error(proc, *fragments)
         assert proc.returncode == 2 and not proc.stdout, argv
-    assert not (tmp_path / "m.pt").exists()
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_onnx_without_the_export_extra_says_how_to_install_it(tiny_run, tmp_path):

@@ -155,9 +155,9 @@ def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, 
     assert last["ema_test_loss"] != last["model_test_loss"]  # two different sets of weights
     import torch
 
-    from mnist_dist.sweepdir import headline_weights
+    from mnist_dist.rundir import headline_weights
 
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["ema"] and set(headline_weights(ckpt)) == set(ckpt["model"])
     assert not torch.equal(headline_weights(ckpt)["0.weight"], ckpt["model"]["0.weight"])
 

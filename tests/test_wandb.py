@@ -144,7 +144,7 @@ def test_offline_run_carries_group_config_tags_summary_and_resumes(
     # Requeued after epoch 1: the checkpoint holds one epoch and there is no result yet.
     # W&B got epoch 1 (preempted during epoch 2), or not even that: the checkpoint is
     # saved first, so a preemption may fall between it and the W&B log.
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     ckpt["history"], ckpt["epoch"] = ckpt["history"][:1], 1
     torch.save(ckpt, out / "checkpoint.pt")
     (out / "result.json").unlink()
@@ -204,7 +204,7 @@ class FakeRun:
     """The attributes of ``wandb.apis.public.Run`` that the report reads."""
 
     def __init__(self, result: dict, group: str, state="finished", job_type=None, created=1):
-        from mnist_dist.sweepdir import result_config
+        from mnist_dist.rundir import result_config
 
         cfg = result_config(result)
         self.id = f"{result['trial_id'][-6:]}{created:02d}"
