@@ -19,17 +19,17 @@ import sys
 
 from .errors import ArgumentParser, UserError, cli_errors
 
-# subcommand -> (module whose main(argv, prog) runs it, one-line help)
+# subcommand -> (module of mnist_dist whose main(argv, prog) runs it, one-line help)
 COMMANDS = {
-    "train": ("mnist_dist.train", "train one step model (Accelerate; CPU, GPUs, mixed precision)"),
-    "models": ("mnist_dist.cli", "list the registered step models and their parameter counts"),
-    "sweep": ("mnist_dist.sweep", "submit a sweep file's grid as job arrays (SLURM or local)"),
-    "status": ("mnist_dist.sweep", "show the state of each trial in a sweep folder"),
-    "report": ("mnist_dist.report", "mean, variance, std and 95% CI of test accuracy per group"),
-    "bench": ("mnist_dist.bench", "time origin pipeline vs ours vs pure compute"),
-    "predict": ("mnist_dist.recognize", "the digit in each image (PNG/JPEG), with top-3 odds"),
-    "evaluate": ("mnist_dist.evaluate", "a run's test accuracy per class, its confusions, errors"),
-    "export": ("mnist_dist.export", "a run's model as one TorchScript or ONNX file"),
+    "train": ("train", "train one step model (Accelerate; CPU, GPUs, mixed precision)"),
+    "models": ("cli", "list the registered step models and their parameter counts"),
+    "sweep": ("sweeps.submit", "submit a sweep file's grid as job arrays (SLURM or local)"),
+    "status": ("sweeps.submit", "show the state of each trial in a sweep folder"),
+    "report": ("report.report", "mean, variance, std and 95% CI of test accuracy per group"),
+    "bench": ("bench.bench", "time origin pipeline vs ours vs pure compute"),
+    "predict": ("recognizer.predict", "the digit in each image (PNG/JPEG), with top-3 odds"),
+    "evaluate": ("recognizer.evaluate", "a run's test accuracy per class, its confusions, errors"),
+    "export": ("recognizer.export", "a run's model as one TorchScript or ONNX file"),
 }
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"unknown command {name!r}; choose one of: {', '.join(COMMANDS)}")
     if name == "models":
         return models_main(rest)
-    module = importlib.import_module(COMMANDS[name][0])
+    module = importlib.import_module(f"mnist_dist.{COMMANDS[name][0]}")
     entry = getattr(module, f"{name}_main", None) or module.main
     entry(rest, prog=f"mnist-dist {name}")
 

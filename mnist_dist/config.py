@@ -309,7 +309,7 @@ class Runtime:
     wandb_project: str = "mnist-dist"
     wandb_group: str | None = None
     progress: bool = True
-    seeds: list[int] | None = None  # train these seeds of cfg at once, packed (train_pack)
+    seeds: list[int] | None = None  # train these seeds of cfg at once, packed (training.packed)
     # Test-only: train in float64, where a packed and a separate run agree to 1e-8
     # (MNIST_DIST_TEST_FLOAT64=1; in float32 the two differ by reduction order only).
     float64: bool = False

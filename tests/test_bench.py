@@ -9,11 +9,11 @@ import json
 
 import pytest
 
-from mnist_dist.bench_steps import markdown, print_all, step_list
-from mnist_dist.bench_ttt import time_to_target
+from mnist_dist.bench.steps import markdown, print_all, step_list
+from mnist_dist.bench.ttt import time_to_target
 from mnist_dist.config import RECIPES
 from mnist_dist.errors import UserError
-from mnist_dist.runinfo import cpu_model
+from mnist_dist.training.runinfo import cpu_model
 
 from .conftest import assert_one_line_error, run_cli
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_dist import train_pack
-from mnist_dist.bench_pack import layouts, markdown, parse_packs, print_packs
+from mnist_dist.bench.pack import layouts, markdown, parse_packs, print_packs
 from mnist_dist.config import Runtime, TrainConfig
 from mnist_dist.errors import UserError
-from mnist_dist.runinfo import cpu_model
+from mnist_dist.training import packed as train_pack
+from mnist_dist.training.runinfo import cpu_model
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -52,10 +52,13 @@ def test_pack_bench_times_every_layout_in_fp32_and_bf16(tiny_mnist, capsys, tmp_
             assert m["vs_separate"] == pytest.approx(m["seed_images_per_s"] / base)
             # what was timed: the trainer's own step, on a grouped net of N seeds for a pack
             if pack:
-                assert m["timed"] == "mnist_dist.train_pack.packed_train_step"
+                assert m["timed"] == "mnist_dist.training.packed.packed_train_step"
                 assert m["conv_groups"] == [pack]
             else:
-                assert (m["timed"], m["conv_groups"]) == ("mnist_dist.train.train_step", [1])
+                assert (m["timed"], m["conv_groups"]) == (
+                    "mnist_dist.training.loop.train_step",
+                    [1],
+                )
             want = "bfloat16" if row["precision"] == "bf16" else "float32"
             assert m["compute_dtype"] == want
         rates = {k: v["seed_images_per_s"] for k, v in row["layouts"].items()}
@@ -93,10 +96,10 @@ def accelerator():
 def test_a_pack_loop_is_the_packed_trainers_step_on_each_seeds_own_batches(
     tiny_mnist, accelerator, monkeypatch
 ):
-    from mnist_dist.bench_worker import build_loop
+    from mnist_dist.bench.worker import build_loop
     from mnist_dist.data import load_mnist
-    from mnist_dist.pack import seed_state
-    from mnist_dist.train import build_net, load_data
+    from mnist_dist.training.loop import build_net, load_data
+    from mnist_dist.training.packnet import seed_state
 
     calls = []
     real = train_pack.packed_train_step
@@ -125,7 +128,7 @@ def test_a_pack_loop_is_the_packed_trainers_step_on_each_seeds_own_batches(
         xb, yb = next(load_data(cfg, Runtime(cpu=True), accelerator, data)[2].epoch(0))
         assert torch.equal(x[:, n : n + 1], xb) and torch.equal(y[:, n], yb)
     plain = build_loop("step4", "fp32", 0, 5, data, accelerator, batch_size=16)
-    assert plain.timed == "mnist_dist.train.train_step" and plain.run() == 16
+    assert plain.timed == "mnist_dist.training.loop.train_step" and plain.run() == 16
     assert len(calls) == 1  # a separate run never goes through the packed step
 
 

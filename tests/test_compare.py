@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from mnist_dist.compare import compare, parse_pairs, seeds_for_power, welch_df_ci
 from mnist_dist.errors import UserError
+from mnist_dist.report.compare import compare, parse_pairs, seeds_for_power, welch_df_ci
 
 from .conftest import assert_one_line_error, run_cli
 from .synthetic import fake_result, write_sweep

@@ -13,8 +13,8 @@ import torch
 
 from mnist_dist.config import TrainConfig
 from mnist_dist.fsio import atomic_open, write_json
-from mnist_dist.runinfo import cpu_threads, make_result
-from mnist_dist.sweepdir import slurm_state, trial_states
+from mnist_dist.sweeps.state import slurm_state, trial_states
+from mnist_dist.training.runinfo import cpu_threads, make_result
 
 from .conftest import REPO
 

@@ -20,7 +20,7 @@ from torch import nn
 from mnist_dist.config import TrainConfig
 from mnist_dist.errors import UserError
 from mnist_dist.models import MODELS, build_model
-from mnist_dist.pack import load_seed, pack_model, seed_state
+from mnist_dist.training.packnet import load_seed, pack_model, seed_state
 
 from .conftest import REPO, assert_one_line_error, make_tiny_mnist, run_cli
 

@@ -17,7 +17,7 @@ from PIL import Image
 from scipy.ndimage import center_of_mass
 
 from mnist_dist.data import load_mnist, normalize
-from mnist_dist.recognize import BOX, CENTRE, INK_FLOOR, preprocess, read_image
+from mnist_dist.recognizer.predict import BOX, CENTRE, INK_FLOOR, preprocess, read_image
 from mnist_dist.rundir import load_trained
 
 from .conftest import (

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from mnist_dist.errors import UserError
-from mnist_dist.reference import load_reference
+from mnist_dist.report.reference import load_reference
 
 from .conftest import REPO, assert_one_line_error, run_cli
 from .synthetic import fake_result, write_sweep

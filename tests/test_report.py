@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from mnist_dist.config import Runtime, TrainConfig
-from mnist_dist.report import missing_lines
+from mnist_dist.report.report import missing_lines
 
 from .conftest import REPO, assert_one_line_error, make_tiny_mnist, run_cli
 from .synthetic import fake_result, write_sweep
@@ -192,7 +192,7 @@ def test_bad_input_is_one_line(tmp_path, make, args, fragment):
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
     """A real, tiny sweep: 2 steps x 2 seeds, 2 epochs on 256 images, run in-process."""
-    from mnist_dist.train import train
+    from mnist_dist.training.loop import train
 
     base = tmp_path_factory.mktemp("smoke")
     data = make_tiny_mnist(base / "data", n_train=256, n_test=256)

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from mnist_dist.config import TARGET_ACC
-from mnist_dist.stats import NO_CI, group_stats, summarize
+from mnist_dist.report.stats import NO_CI, group_stats, summarize
 
 from .synthetic import fake_result
 

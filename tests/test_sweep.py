@@ -249,7 +249,7 @@ def test_unknown_slurm_state_is_never_resubmitted(tmp_path):
 
 def test_wait_gives_up_when_squeue_stops_answering(tmp_path, monkeypatch):
     from mnist_dist.errors import UserError
-    from mnist_dist.sweep import wait
+    from mnist_dist.sweeps.submit import wait
 
     monkeypatch.setenv("PATH", str(tmp_path))  # squeue gone, as with a dead slurmctld
     record = dict(
@@ -363,7 +363,7 @@ def test_set_overrides_defaults_and_grid_in_the_plan(tmp_path):
 def test_override_parsing_and_precedence():
     """Unit: a bare key means defaults; values are TOML, bare words strings; the override
     takes a key out of the other table ([grid] <-> [defaults])."""
-    from mnist_dist.sweepfile import apply_overrides, parse_override
+    from mnist_dist.sweeps.spec import apply_overrides, parse_override
 
     assert parse_override("epochs=2") == (["defaults", "epochs"], 2)
     assert parse_override("grid.seed=[0, 1]") == (["grid", "seed"], [0, 1])

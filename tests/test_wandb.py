@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnist_dist.tracking import wandb_state
+from mnist_dist.training.tracking import wandb_state
 
 from .conftest import assert_one_line_error, run_cli
 from .synthetic import fake_result, write_sweep
@@ -251,7 +251,7 @@ class FakeApi:
 def test_report_from_the_wandb_api_matches_the_folder_report(tmp_path, monkeypatch, capsys):
     import wandb
 
-    from mnist_dist.report import report_main
+    from mnist_dist.report.report import report_main
 
     # The stand-in answers instead of the server; the key only passes the local check.
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)

@@ -17,9 +17,9 @@ import math
 import sys
 from pathlib import Path
 
-from .config import TARGET_ACC, Runtime, TrainConfig
-from .errors import UserError
-from .train import train
+from ..config import TARGET_ACC, Runtime, TrainConfig
+from ..errors import UserError
+from ..training.loop import train
 
 
 def time_to_target(result: dict) -> dict:

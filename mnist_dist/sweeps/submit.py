@@ -10,7 +10,7 @@ trial ``DIR/<trial_id>/`` (``config.json``, ``checkpoint.pt``, ``result.json``, 
 ``error.txt`` when the trial raised) and submitit's logs in ``DIR/logs/<job id>/``.
 Rerunning a sweep skips trials that are done or still queued and resubmits the others.
 
-``--set key=value`` overrides the file (see ``sweepfile``); the overrides are recorded in
+``--set key=value`` overrides the file (see ``sweeps.spec``); the overrides are recorded in
 ``sweep.json``. A rerun over the same folder with other overrides adds its trials to the
 record: this command's trials come first, then those of earlier runs that it does not list,
 so ``status`` and ``report`` still see every trial the folder holds.
@@ -28,10 +28,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .errors import ArgumentParser, UserError, cli_errors
+from ..config import TrainConfig
+from ..errors import ArgumentParser, UserError, cli_errors
 from .slurm import CLUSTERS, Trial, check_cluster, make_executor, submit_array
-from .sweepdir import (
+from .spec import MAX_TRIALS, SweepSpec, load_sweep
+from .state import (
     RECORD,
     STATES,
     load_record,
@@ -40,7 +41,6 @@ from .sweepdir import (
     trial_states,
     write_record,
 )
-from .sweepfile import MAX_TRIALS, SweepSpec, load_sweep
 
 UNANSWERED_S = 300  # --wait gives up after squeue has not answered for this long (seconds)
 

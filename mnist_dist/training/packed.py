@@ -3,7 +3,7 @@
     mnist-dist train --step step5 --seeds 0-7 --out runs/s5
     mnist-dist train --step step5 --seeds 0-7 --out runs/s5 --resume
 
-Each seed's run is its separate run's (``pack.py``): the same initial weights (set_seed,
+Each seed's run is its separate run's (``packnet``): the same initial weights (set_seed,
 then the model), its own batches (permutation, augmentation, short last batch), a loss
 that is the sum of each seed's mean loss, so that each seed's gradient and elementwise
 update (SGD, Nesterov, AdamW, EMA) are its own. Only float reduction order differs, as with
@@ -21,16 +21,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .config import Runtime, TrainConfig
-from .data import eval_batches, load_mnist
-from .errors import UserError
-from .fsio import write_json
-from .models import count_params
-from .pack import load_seed, pack_model, seed_optimizer_state, seed_state
-from .rundir import CHECKPOINT, CONFIG, RESULT, read_checkpoint, save_checkpoint
-from .runinfo import cpu_threads, git_commit, make_result, run_env
-from .tracking import Tracker
-from .train import (
+from ..config import Runtime, TrainConfig
+from ..data import eval_batches, load_mnist
+from ..errors import UserError
+from ..fsio import write_json
+from ..models import count_params
+from ..rundir import CHECKPOINT, CONFIG, RESULT, read_checkpoint, save_checkpoint
+from .loop import (
     PROGRESS_EVERY_S,
     DtypeProbe,
     build_net,
@@ -44,6 +41,9 @@ from .train import (
     run_folder,
     train,
 )
+from .packnet import load_seed, pack_model, seed_optimizer_state, seed_state
+from .runinfo import cpu_threads, git_commit, make_result, run_env
+from .tracking import Tracker
 
 PACKS = ".packs"  # <out>/.packs/<config hash>-s<seeds>.pt: not a run folder, never a trial
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from .data import load_mnist
-from .errors import ArgumentParser, UserError, cli_errors
-from .fsio import atomic_open
-from .recognize import Recognizer
-from .rundir import load_trained
+from ..data import load_mnist
+from ..errors import ArgumentParser, UserError, cli_errors
+from ..fsio import atomic_open
+from ..rundir import load_trained
+from .predict import Recognizer
 
 CONFUSION, MISCLASSIFIED = "confusion_matrix.png", "misclassified.png"
 MAX_SHOWN, COLUMNS = 200, 20  # misclassified.png: digits drawn, per row

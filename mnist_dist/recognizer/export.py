@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from .errors import ArgumentParser, UserError, cli_errors
-from .fsio import atomic_open
-from .recognize import EXTRA, Recognizer
-from .rundir import load_trained
+from ..errors import ArgumentParser, UserError, cli_errors
+from ..fsio import atomic_open
+from ..rundir import load_trained
+from .predict import EXTRA, Recognizer
 
 FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
 META = "mnist_dist"  # ONNX metadata key; TorchScript extra file META + ".json"

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .config import TARGET_ACC, Runtime, TrainConfig
+from ..config import TARGET_ACC, Runtime, TrainConfig
 
 
 def cpu_threads(explicit: int | None = None) -> int:
@@ -67,7 +67,7 @@ def versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    from . import __version__
+    from .. import __version__
 
     return dict(
         mnist_dist=__version__,

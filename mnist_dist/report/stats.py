@@ -4,7 +4,7 @@ The headline is the test accuracy after the last epoch, the number a run really 
 The best epoch's accuracy is chosen by looking at the test set, so it is optimistic; it is
 reported apart, under a label that says so. Accuracies are in percent.
 
-Used by ``mnist-dist report`` (see ``mnist_dist.report``); no command of its own.
+Used by ``mnist-dist report`` (see ``mnist_dist.report.report``); no command of its own.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest, identity_value
-from .errors import UserError
-from .rundir import result_config
+from ..config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest, identity_value
+from ..errors import UserError
+from ..rundir import result_config
 
 CI_LEVEL = 0.95
 NO_CI = "n=1: one seed gives no variance, std, sem or CI"

@@ -1,13 +1,13 @@
 """One process of ``mnist-dist bench --pack``: it times the trainer's own step on command.
 
-    python -m mnist_dist.bench_worker     # started by bench_pack.py, not by hand
+    python -m mnist_dist.bench.worker     # started by bench/pack.py, not by hand
 
 It reads one JSON command per line on stdin and answers each with one JSON line on stdout
 (whatever else it prints goes to stderr):
 
     {"op": "init", "index": 0, "data_dir": null, "batch_size": null, "channels_last": true}
     {"op": "warm", "step": "step4", "precision": "bf16", "pack": 8, "threads": 1, "warmup": 5}
-      -> {"timed": "mnist_dist.train_pack.packed_train_step", "conv_groups": [8],
+      -> {"timed": "mnist_dist.training.packed.packed_train_step", "conv_groups": [8],
           "compute_dtype": "bfloat16"}
     {"op": "run", "until": 1234.5}    # a time.monotonic() deadline, shared by the processes
       -> {"images": 4096, "steps": 8, "seconds": 5.02}  (images: seed-images)
@@ -15,8 +15,8 @@ It reads one JSON command per line on stdin and answers each with one JSON line 
 ``warm`` builds a loop once per (step, precision, pack), from the trainer's own parts, then
 runs ``warmup`` untimed steps at ``threads`` torch threads. ``pack`` 0 is a separate run:
 ``train.train_step`` on one seed's ``TrainBatches``. ``pack`` N is the packed trainer's step,
-``train_pack.packed_train_step`` on ``pack_model``'s grouped network of N seeds, fed by
-``train_pack.packed_batches`` (one batch of each seed, concatenated on dim 1) as
+``training.packed.packed_train_step`` on ``pack_model``'s grouped network of N seeds, fed by
+``training.packed.packed_batches`` (one batch of each seed, concatenated on dim 1) as
 ``run_pack_epoch`` feeds it. Worker i trains seeds i*N .. i*N+N-1 (a separate run: seed i),
 so side by side processes never train the same seed. A per-batch scheduler step (OneCycle)
 and an EMA update are left out of both kinds of loop alike.
@@ -37,13 +37,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import train as trainer
-from . import train_pack
-from .bench import bf16_forward, forever
-from .config import Runtime, TrainConfig
-from .data import MNISTData, load_mnist
-from .errors import UserError
-from .pack import load_seed, pack_model
+from ..config import Runtime, TrainConfig
+from ..data import MNISTData, load_mnist
+from ..errors import UserError
+from ..training import loop as trainer
+from ..training import packed as train_pack
+from ..training.packnet import load_seed, pack_model
+from .timing import bf16_forward, forever
 
 
 @dataclass

@@ -16,10 +16,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .errors import UserError
-from .fsio import write_json
-from .rundir import CONFIG, ERROR, RESULT, error_line, read_result
+from ..config import TrainConfig
+from ..errors import UserError
+from ..fsio import write_json
+from ..rundir import CONFIG, ERROR, RESULT, error_line, read_result
 
 RECORD, LOCK = "sweep.json", ".sweep.lock"
 STATES = ("done", "running", "pending", "failed", "missing", "corrupt", "unknown")

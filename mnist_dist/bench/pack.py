@@ -9,11 +9,11 @@ one run times these layouts, ``PxT`` meaning P processes side by side, T torch t
 
     separate Wx1, separate 1xW   the trainer's step (``train.train_step``) on one seed's
                                  own batches, in each process
-    packN Wx1, packN 1xW         the packed trainer's step (``train_pack.packed_train_step``)
+    packN Wx1, packN 1xW         the packed trainer's step (``training.packed.packed_train_step``)
                                  on a grouped network of N seeds, fed as ``train --seeds``
                                  feeds it, in each process
 
-The processes are ``bench_worker.py``, started once and kept warm: per layout and round,
+The processes are ``bench/worker.py``, started once and kept warm: per layout and round,
 each taking part runs ``--warmup`` untimed steps, then all of them train until one shared
 wall-clock deadline ``--window`` seconds ahead (at least one step each). A layout's figure
 is the sum over its processes of each one's seed-images / seconds (a pack's step trains
@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
-from .bench_steps import step_list
-from .config import TrainConfig
-from .errors import UserError
-from .runinfo import cpu_model
+from ..config import TrainConfig
+from ..errors import UserError
+from ..training.runinfo import cpu_model
+from .steps import step_list
 
 PRECISIONS = ("fp32", "bf16")
 WIDTH = 2  # default --threads: 2 processes x 1 thread against 1 process x 2 threads
@@ -102,12 +102,12 @@ def layouts(packs: list[int], width: int) -> list[tuple[str, int, int, int]]:
 
 
 class Workers:
-    """``count`` bench_worker processes; ``ask`` sends commands and reads one reply each."""
+    """``count`` bench/worker.py processes; ``ask`` sends commands and reads one reply each."""
 
     def __init__(self, count: int):
         root = str(Path(__file__).resolve().parents[1])  # this package, installed or not
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-        cmd = [sys.executable, "-m", "mnist_dist.bench_worker"]
+        cmd = [sys.executable, "-m", "mnist_dist.bench.worker"]
         self.procs: list[subprocess.Popen] = []
         for _ in range(count):
             self.procs.append(subprocess.Popen(

@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .errors import UserError
+from ..config import TrainConfig
+from ..errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib

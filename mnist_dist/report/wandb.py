@@ -6,7 +6,7 @@
 
 Each trainer run carries its resolved config (``step``, ``seed``...), per-epoch metrics and
 a summary with ``final_test_acc``, ``best_test_acc``, ``params`` and
-``first_epoch_at_target`` (see ``mnist_dist.tracking``); they become result dicts like
+``first_epoch_at_target`` (see ``mnist_dist.training.tracking``); they become result dicts like
 ``result.json``, so the statistics are the same code as for a sweep folder.
 """
 
@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .tracking import INIT_TIMEOUT_S, has_credentials
+from ..errors import UserError
+from ..training.tracking import INIT_TIMEOUT_S, has_credentials
 
 REPORT_JOB_TYPE = "report"  # our own summary runs; never counted as trials
 HISTORY_KEYS = ["epoch", "train_acc", "test_acc"]

@@ -15,9 +15,9 @@ tuning run's ``final_val_acc``), named as such in every title. Best-epoch number
 on the test set and appear only under a label saying so. Expected trials without a result
 (from ``sweep.json``), failed trials (``error.txt``), runs without the metric and unreadable
 ``result.json`` files are counted and named. ``--compare`` tests pairs of rows
-(``mnist_dist.compare``); ``--paired OTHER`` sets each run beside the run of the same trial id
+(``report.compare``); ``--paired OTHER`` sets each run beside the run of the same trial id
 in another folder (the same trials, run another way); ``--reference FILE`` sets another
-study's figures beside ours (``mnist_dist.reference``).
+study's figures beside ours (``report.reference``).
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import TARGET_ACC, TrainConfig
+from ..errors import ArgumentParser, UserError, cli_errors
+from ..fsio import write_text
+from ..rundir import RESULT, read_result
+from ..sweeps.state import dir_record, trial_states
 from . import compare, reference
-from .config import TARGET_ACC, TrainConfig
-from .errors import ArgumentParser, UserError, cli_errors
-from .fsio import write_text
-from .rundir import RESULT, read_result
 from .stats import (
     BEST_LABEL,
     DEFAULT_METRIC,
@@ -45,13 +46,12 @@ from .stats import (
     one_group,
     split_by_metric,
 )
-from .sweepdir import dir_record, trial_states
 
 
 def load_dir(root: Path) -> tuple[str, list[dict], list[dict], list[dict]]:
     """(name, results, missing, corrupt) of a sweep folder or any folder of runs.
 
-    Trial states come from ``sweepdir.trial_states``, as in ``mnist-dist status``;
+    Trial states come from ``sweeps.state.trial_states``, as in ``mnist-dist status``;
     ``missing`` holds every trial that is not done, with its state and reason.
     """
     record = dir_record(root)
@@ -287,7 +287,7 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     ref = reference.load_reference(args.reference) if args.reference else None
     corrupt: list[dict] = []
     if args.wandb:
-        from .wandb_report import load_runs
+        from .wandb import load_runs
 
         if not args.group:
             raise UserError("--wandb needs --group G (the sweep's W&B group)")
@@ -339,7 +339,7 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
     except OSError as e:  # unwritable or full: name the path, no traceback
         raise UserError(f"could not write {e.filename or 'output'}: {e.strerror or e}") from e
     if args.log_to_wandb:
-        from .wandb_report import log_report
+        from .wandb import log_report
 
         project = args.wandb or args.wandb_project
         rows = [HEADER, *table_rows(groups, args.by)]
@@ -360,6 +360,3 @@ def paired_with(args: argparse.Namespace, results: list[dict]) -> dict:
 
 
 main = report_main
-
-if __name__ == "__main__":
-    report_main()

@@ -25,9 +25,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .config import Runtime, TrainConfig
-from .fsio import write_json
-from .rundir import WANDB_STATE
+from ..config import Runtime, TrainConfig
+from ..fsio import write_json
+from ..rundir import WANDB_STATE
 
 INIT_TIMEOUT_S = 30  # bounded wait for an unreachable server, then we carry on without it
 FINISH_TIMEOUT_S = 60  # bounded wait for the last upload; offline files stay for `wandb sync`

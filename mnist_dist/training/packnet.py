@@ -19,8 +19,8 @@ import copy
 import torch
 from torch import nn
 
-from .errors import UserError
-from .models import GAPLinear, LogSoftmaxHead
+from ..errors import UserError
+from ..models import GAPLinear, LogSoftmaxHead
 
 # Modules that act per channel (or per element) and so pack as they are.
 PER_CHANNEL = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)

@@ -3,18 +3,18 @@
     mnist-dist bench --step step4 --json
     mnist-dist bench --step step4 --batch-size 64 --steps 100 --repeats 5
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
-    mnist-dist bench --time-to-target --result runs/s4/result.json   # bench_ttt.py
+    mnist-dist bench --time-to-target --result runs/s4/result.json   # bench/ttt.py
     mnist-dist bench --variants --compile --steps 100 --repeats 5
     mnist-dist bench --table results/bench/raw/cpu-step*.json   # any --json runs, reprinted
-    mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench_steps.py)
-    mnist-dist bench --pack 4,8,16 --step step5  # packs vs separate runs (bench_pack.py)
+    mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench/steps.py)
+    mnist-dist bench --pack 4,8,16 --step step5  # packs vs separate runs (bench/pack.py)
 
 One run builds the same model at the same batch size three times and times:
 
 (a) origin:  torchvision PIL transforms per sample in a DataLoader (2 workers, shuffle),
              then a plain PyTorch step in NCHW, fp32, as the origin study trained;
 (b) ours:    ``TrainBatches`` (on-device gather + one affine warp per batch) feeding the
-             same step as ``train.py``: Accelerate, channels_last, SGD momentum;
+             same step as the trainer (``training.loop``): Accelerate, channels_last, SGD momentum;
 (c) compute: (b)'s step on one fixed batch, so (b) - (c) is the data pipeline's cost.
 
 Each is warmed up (worker start, torch.compile, allocator), then timed for ``--steps``
@@ -30,146 +30,16 @@ import contextlib
 import io
 import json
 import os
-import statistics
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from .config import MIXED_PRECISION, RECIPES, TARGET_ACC, TrainConfig
-from .data import MEAN, STD, TrainBatches, default_data_dir, load_mnist
-from .errors import ArgumentParser, UserError, cli_errors
-from .models import build_model
-from .runinfo import cpu_threads
-from .train import DtypeProbe, compile_model, train_step
-
-Step = Callable[[], int]  # runs one training step, returns the images it trained on
-STEPS = 50  # default --steps: timed steps per round (--pack times a --window instead)
-
-
-def origin_loader(data_dir: str | None, batch_size: int, workers: int, pin: bool):
-    """The origin study's train pipeline: per-sample PIL transforms, a worker DataLoader."""
-    from torchvision import datasets, transforms
-
-    tf = transforms.Compose(
-        [
-            transforms.RandomApply([transforms.CenterCrop(22)], p=0.1),
-            transforms.Resize((28, 28)),
-            transforms.RandomRotation((-15.0, 15.0), fill=0),
-            transforms.ToTensor(),
-            transforms.Normalize((MEAN,), (STD,)),
-        ]
-    )
-    root = str(default_data_dir(data_dir))
-    ds = datasets.MNIST(root=root, train=True, download=False, transform=tf)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin
-    )
-
-
-def forever(epochs: Callable[[int], Iterator]) -> Iterator:
-    """Chain epoch 0, 1, 2, ... of a batch source (short runs on tiny data wrap around)."""
-    epoch = 0
-    while True:
-        yield from epochs(epoch)
-        epoch += 1
-
-
-def origin_step(step: str, loader, device, lr: float) -> Step:
-    torch.manual_seed(0)
-    model = build_model(step).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    batches = forever(lambda _: iter(loader))
-
-    def run() -> int:
-        xb, yb = next(batches)
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        opt.zero_grad(set_to_none=True)
-        F.nll_loss(model(xb), yb).backward()
-        opt.step()
-        return len(yb)
-
-    return run
-
-
-def our_step(
-    step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False, bf16=False
-):
-    """``train.py``'s hot-loop step (``train_step``) on ``batches`` (or one fixed batch).
-    ``bf16``: the forward under bf16 autocast (``bf16_forward``); ``run.compute_dtype``: what
-    the first convolution computed in."""
-    cfg = TrainConfig(step=step, channels_last=channels_last).resolve()
-    torch.manual_seed(0)
-    net = build_model(step)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    model, opt = accelerator.prepare(net.to(accelerator.device), opt)
-    if bf16:
-        bf16_forward(model, accelerator.device)
-    first = next(batches)
-    probe = DtypeProbe(net)
-    with torch.no_grad():
-        model(first[0].contiguous(memory_format=torch.channels_last) if channels_last else first[0])
-    probe.remove()
-    if compile_:
-        model = compile_model(model, accelerator.device)
-    model.train()
-    sums = torch.zeros(2, device=accelerator.device)  # on-device running sums, as train.py
-
-    def run() -> int:
-        xb, yb = first if fixed else next(batches)
-        train_step(model, opt, accelerator, xb, yb, cfg, sums)
-        return len(yb)
-
-    run.compute_dtype = probe.dtype
-    return run
-
-
-def bf16_forward(model, device: torch.device) -> None:
-    """The forward under bf16 autocast, outputs back in fp32, as ``Accelerator(
-    mixed_precision="bf16")`` prepares it: one process holds one Accelerator state, so a
-    bench that times fp32 and bf16 side by side applies it to each bf16 model itself."""
-    from accelerate.utils import convert_outputs_to_fp32
-
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16)
-    model.forward = convert_outputs_to_fp32(autocast(model.forward))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure(steps: dict[str, Step], device, n: int, warmup: int, repeats: int) -> dict:
-    """Median over ``repeats`` interleaved rounds of ``n`` timed steps, after warm-up."""
-    for run in steps.values():  # first warm-up: worker start, compilation, allocator
-        for _ in range(warmup):
-            run()
-    rounds: dict[str, list[tuple[float, int]]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, run in steps.items():
-            # Re-warm: the origin's workers filled their prefetch queue (2 per worker)
-            # while the others ran; draining it first keeps that idle work out of the clock.
-            for _ in range(warmup):
-                run()
-            sync(device)
-            t0 = time.perf_counter()
-            images = sum(run() for _ in range(n))
-            sync(device)
-            rounds[name].append((time.perf_counter() - t0, images))
-    out = {}
-    for name, rs in rounds.items():
-        ms = statistics.median(1000.0 * t / n for t, _ in rs)
-        per_step = sum(i for _, i in rs) / (n * len(rs))  # images per step (last batch short)
-        out[name] = dict(
-            ms_per_step=ms,
-            images_per_s=per_step * 1000.0 / ms,
-            rounds_ms=[round(1000.0 * t / n, 3) for t, _ in rs],
-        )
-    return out
+from ..config import MIXED_PRECISION, RECIPES, TARGET_ACC, TrainConfig
+from ..data import TrainBatches, load_mnist
+from ..errors import ArgumentParser, UserError, cli_errors
+from ..training.runinfo import cpu_threads
+from .timing import STEPS, forever, measure, origin_loader, origin_step, our_step
 
 
 def run_bench(args) -> dict:
@@ -273,8 +143,8 @@ def print_tables(paths: list[str]) -> None:
     """``--table``: what each saved ``--json`` run prints. An ``--all-steps`` or ``--pack``
     run prints its own header and table; single-step runs share one table, a row each.
     Nothing is printed unless every file renders (a bad one is a one-line error)."""
-    from .bench_pack import print_packs
-    from .bench_steps import print_all
+    from .pack import print_packs
+    from .steps import print_all
 
     printers = {"all-steps": print_all, "pack-layouts": print_packs}
     out, single = io.StringIO(), []
@@ -343,7 +213,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--table", nargs="+", metavar="JSON", help="print the tables of saved --json runs")
     add("--all-steps", action="store_true", help="every step: origin vs fp32 vs bf16, interleaved")
     add("--step-list", metavar="A,B", help="as --all-steps, for these steps (e.g. step3,step4)")
-    add("--pack", metavar="N,N", help="e.g. 4,8,16: seed packs vs separate runs (bench_pack.py)")
+    add("--pack", metavar="N,N", help="e.g. 4,8,16: seed packs vs separate runs (bench/pack.py)")
     add("--window", type=float, help="--pack: seconds timed per layout and round (default 5)")
     add("--time-to-target", action="store_true", help=f"train a recipe, time to {TARGET_ACC}%%")
     add("--seed", type=int, default=0, help="time-to-target: training seed")
@@ -354,7 +224,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 @cli_errors
-def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.bench") -> None:
+def bench_main(
+    argv: list[str] | None = None, prog: str = "python -m mnist_dist.bench.bench"
+) -> None:
     args = build_parser(prog).parse_args(argv)
     if args.step not in RECIPES:
         TrainConfig(step=args.step).resolve()  # raises the one-line unknown-step error
@@ -370,17 +242,17 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
     if args.pack is None and args.steps is None:
         args.steps = STEPS
     if args.pack is not None:
-        from .bench_pack import print_packs, run_packs
+        from .pack import print_packs, run_packs
 
         r, show = run_packs(args), print_packs
     elif args.all_steps or args.step_list is not None:
-        from .bench_steps import print_all, run_all
+        from .steps import print_all, run_all
 
         r, show = run_all(args), print_all
     elif args.table:
         return print_tables(args.table)
     elif args.time_to_target:
-        from .bench_ttt import print_ttt, run_time_to_target
+        from .ttt import print_ttt, run_time_to_target
 
         r, show = run_time_to_target(args), print_ttt
     else:
@@ -389,6 +261,3 @@ def bench_main(argv: list[str] | None = None, prog: str = "python -m mnist_dist.
 
 
 main = bench_main
-
-if __name__ == "__main__":
-    bench_main()

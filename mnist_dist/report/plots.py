@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import TARGET_ACC
-from .fsio import atomic_open
+from ..config import TARGET_ACC
+from ..fsio import atomic_open
 from .stats import DEFAULT_METRIC, Group, group_key, metric_label
 
 PANELS = "performance.png"

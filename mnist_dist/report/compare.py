@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .errors import UserError
+from ..errors import UserError
 from .stats import CI_LEVEL
 
 ALPHA = 0.05

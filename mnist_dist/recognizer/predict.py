@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import normalize
-from .errors import ArgumentParser, UserError, cli_errors
-from .fsio import atomic_open
+from ..data import normalize
+from ..errors import ArgumentParser, UserError, cli_errors
+from ..fsio import atomic_open
 
 SIZE, BOX = 28, 20  # MNIST: digits size-normalised into a 20 x 20 box inside 28 x 28
 CENTRE = 14.0  # where the centre of mass goes (row, col), pixel-index coordinates
@@ -132,7 +132,7 @@ def load_classifier(path: Path, trust_torchscript: bool = False) -> Classifier:
     theirs. A TorchScript file is a program, so it is read only when the user vouches for
     it (``--trust-torchscript``)."""
     if path.is_dir():
-        from .rundir import load_trained
+        from ..rundir import load_trained
 
         _, net = load_trained(path)
         return Recognizer(net).eval()

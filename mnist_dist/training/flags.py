@@ -16,8 +16,8 @@ import os
 import sys
 import typing
 
-from .config import Runtime, TrainConfig
-from .errors import ArgumentParser, UserError
+from ..config import Runtime, TrainConfig
+from ..errors import ArgumentParser, UserError
 
 RECIPE = "the step's recipe"
 

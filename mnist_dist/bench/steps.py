@@ -20,11 +20,11 @@ import os
 
 import torch
 
-from .bench import forever, measure, origin_loader, origin_step, our_step
-from .config import RECIPES, TrainConfig
-from .data import TrainBatches, load_mnist
-from .errors import UserError
-from .runinfo import cpu_model, cpu_threads
+from ..config import RECIPES, TrainConfig
+from ..data import TrainBatches, load_mnist
+from ..errors import UserError
+from ..training.runinfo import cpu_model, cpu_threads
+from .timing import forever, measure, origin_loader, origin_step, our_step
 
 LOOPS = ("origin", "fp32", "bf16")
 
