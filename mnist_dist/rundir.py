@@ -87,6 +87,8 @@ def read_checkpoint(path: Path, fix: str = "move it away and retrain the run") -
     try:
         if path.stat().st_size == 0:
             raise UserError(f"{path} is empty (an interrupted copy?); {fix}")
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip; a cut one has no index
+            raise zipfile.BadZipFile("no zip index")
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UserError(

@@ -91,12 +91,13 @@ def bad_checkpoints(run: Path) -> dict[str, tuple[Path, str]]:
     """name -> (run folder whose checkpoint.pt is bad that way, fragment of the error)."""
     good = (run / "checkpoint.pt").read_bytes()
     cases = {}
-    for name in ("empty", "truncated", "unknown_step", "newer", "not_ours"):
+    for name in ("empty", "truncated", "garbage", "unknown_step", "newer", "not_ours"):
         folder = run.parent / name
         shutil.copytree(run, folder)
         cases[name] = folder
     (cases["empty"] / "checkpoint.pt").write_bytes(b"")
     (cases["truncated"] / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    (cases["garbage"] / "checkpoint.pt").write_bytes(b"not a checkpoint")
     config = json.loads((run / "config.json").read_text())
     rewrite(cases["unknown_step"] / "checkpoint.pt", config={**config, "step": "step99"})
     rewrite(cases["newer"] / "checkpoint.pt", format=FORMAT + 1)
@@ -104,6 +105,7 @@ def bad_checkpoints(run: Path) -> dict[str, tuple[Path, str]]:
     why = {
         "empty": "is empty",
         "truncated": "is truncated or not a checkpoint",
+        "garbage": "is truncated or not a checkpoint",
         "unknown_step": "holds a model 'step99' that this mnist-dist does not know",
         "newer": "was written by a newer mnist-dist",
         "not_ours": "is not an mnist-dist checkpoint",
@@ -118,7 +120,7 @@ def test_empty_truncated_unknown_and_newer_checkpoints_are_one_line_each(old_run
         for argv in commands(folder, data):
             line = cli_error(capsys, *argv)
             assert f"{folder / 'checkpoint.pt'} " in line and why in line, (name, argv, line)
-            if argv[0] == "train" and name in ("empty", "truncated"):
+            if argv[0] == "train" and name in ("empty", "truncated", "garbage"):
                 assert line.endswith("move it away to start the run over"), line
 
 

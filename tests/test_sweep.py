@@ -188,7 +188,9 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     failed = next(t for t in st["trials"] if t["state"] == "failed")
     assert failed["trial_id"] == bad_id
     error_txt = (out / bad_id / "error.txt").read_text().strip().splitlines()
-    assert failed["error"] == error_txt[-1] and "Unpickling" in failed["error"]
+    assert (
+        failed["error"] == error_txt[-1] and "is truncated or not a checkpoint" in failed["error"]
+    )
     record = json.loads((out / "sweep.json").read_text())
     assert [t["trial_id"] for t in record["trials"]] == [t["trial_id"] for t in st["trials"]]
     assert len(record["jobs"]) == 2
