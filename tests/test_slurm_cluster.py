@@ -109,7 +109,7 @@ def test_failed_trial_is_reported_and_only_it_is_resubmitted(smoke, data_dir):
     st = status(smoke)
     assert st["counts"] == dict(st["counts"], done=3, failed=1)
     failed = next(t for t in st["trials"] if t["state"] == "failed")
-    assert failed["trial_id"] == victim and "Unpickling" in failed["error"]
+    assert failed["trial_id"] == victim and "truncated or not a checkpoint" in failed["error"]
     assert len(json.loads((smoke / "sweep.json").read_text())["jobs"]) == n_jobs + 1
 
     (smoke / victim / "checkpoint.pt").unlink()
