@@ -47,6 +47,9 @@ def read_result(path: Path) -> dict[str, Any]:
     if not isinstance(data.get("history"), list):
         raise ValueError("missing or bad 'history'")
     data.setdefault("epochs", len(data["history"]))
+    data.setdefault("state", "done")  # written before the field existed: finished runs
+    if data["state"] not in ("done", "diverged", "pruned"):
+        raise ValueError(f"unknown state {data['state']!r}")
     return data
 
 

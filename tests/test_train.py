@@ -208,7 +208,7 @@ def test_onecycle_warms_up_for_pct_start_and_ends_at_the_final_lr():
     import torch
 
     from mnist_dist.config import TrainConfig
-    from mnist_dist.training.loop import build_optim
+    from mnist_dist.training.setup import build_optim
 
     cfg = TrainConfig(step="step5", epochs=4, lr=0.05, final_lr=0.001, pct_start=0.25,
                       anneal="linear").resolve()  # fmt: skip

@@ -7,9 +7,9 @@ Which way of spending W cores (``--threads W``, default 2) trains the most seed-
 second? For each step (``--step``, ``--step-list`` or ``--all-steps``), in fp32 and in bf16,
 one run times these layouts, ``PxT`` meaning P processes side by side, T torch threads each:
 
-    separate Wx1, separate 1xW   the trainer's step (``train.train_step``) on one seed's
+    separate Wx1, separate 1xW   the trainer's step (``training.steps.train_step``) on one seed's
                                  own batches, in each process
-    packN Wx1, packN 1xW         the packed trainer's step (``training.packed.packed_train_step``)
+    packN Wx1, packN 1xW         the packed trainer's step (``training.steps.packed_train_step``)
                                  on a grouped network of N seeds, fed as ``train --seeds``
                                  feeds it, in each process
 

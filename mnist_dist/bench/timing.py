@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 from ..data import MEAN, STD, default_data_dir
 from ..models import build_model
-from ..training.loop import DtypeProbe, compile_model, train_step
+from ..training.setup import DtypeProbe, compile_model
+from ..training.steps import train_step
 
 Step = Callable[[], int]  # runs one training step, returns the images it trained on
 STEPS = 50  # default --steps: timed steps per round (--pack times a --window instead)

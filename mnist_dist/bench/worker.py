@@ -7,19 +7,20 @@ It reads one JSON command per line on stdin and answers each with one JSON line 
 
     {"op": "init", "index": 0, "data_dir": null, "batch_size": null, "channels_last": true}
     {"op": "warm", "step": "step4", "precision": "bf16", "pack": 8, "threads": 1, "warmup": 5}
-      -> {"timed": "mnist_dist.training.packed.packed_train_step", "conv_groups": [8],
+      -> {"timed": "mnist_dist.training.steps.packed_train_step", "conv_groups": [8],
           "compute_dtype": "bfloat16"}
     {"op": "run", "until": 1234.5}    # a time.monotonic() deadline, shared by the processes
       -> {"images": 4096, "steps": 8, "seconds": 5.02}  (images: seed-images)
 
 ``warm`` builds a loop once per (step, precision, pack), from the trainer's own parts, then
 runs ``warmup`` untimed steps at ``threads`` torch threads. ``pack`` 0 is a separate run:
-``train.train_step`` on one seed's ``TrainBatches``. ``pack`` N is the packed trainer's step,
-``training.packed.packed_train_step`` on ``pack_model``'s grouped network of N seeds, fed by
-``training.packed.packed_batches`` (one batch of each seed, concatenated on dim 1) as
-``run_pack_epoch`` feeds it. Worker i trains seeds i*N .. i*N+N-1 (a separate run: seed i),
-so side by side processes never train the same seed. A per-batch scheduler step (OneCycle)
-and an EMA update are left out of both kinds of loop alike.
+``training.steps.train_step`` on one seed's ``TrainBatches``. ``pack`` N is the packed
+trainer's step, ``training.steps.packed_train_step``, on ``pack_model``'s grouped network
+of N seeds, fed by ``training.packed.packed_batches`` (one batch of each seed,
+concatenated on dim 1) as the trainer's loop feeds it. Worker i trains seeds i*N ..
+i*N+N-1 (a separate run: seed i), so side by side processes never train the same seed. A
+per-batch scheduler step (OneCycle) and an EMA update are left out of both kinds of loop
+alike.
 ``run`` times steps until the deadline (at least one): the last step may end after it.
 """
 
@@ -40,9 +41,8 @@ from torch import nn
 from ..config import Runtime, TrainConfig
 from ..data import MNISTData, load_mnist
 from ..errors import UserError
-from ..training import loop as trainer
-from ..training import packed as train_pack
-from ..training.packnet import load_seed, pack_model
+from ..training import packed, steps
+from ..training import setup as trainer
 from .timing import bf16_forward, forever
 
 
@@ -58,18 +58,15 @@ def build_loop(step: str, precision: str, pack: int, first_seed: int, data: MNIS
                accelerator, batch_size: int | None = None, channels_last: bool = True,
                ) -> Loop:  # fmt: skip
     """One seed's separate run (``pack`` 0) or a pack of ``pack`` seeds from ``first_seed``,
-    set up as ``train()`` / ``train_pack()`` set them up, on ``data`` (on the device)."""
+    set up as the trainer sets them up (``training.setup``, ``packed.build_pack``), on
+    ``data`` (on the device)."""
     base = TrainConfig(step=step, batch_size=batch_size, channels_last=channels_last).resolve()
     cfgs = [dataclasses.replace(base, seed=first_seed + n) for n in range(max(pack, 1))]
     rt = Runtime(cpu=accelerator.device.type == "cpu")
     batches = [trainer.load_data(c, rt, accelerator, data)[2] for c in cfgs]
     nets = [trainer.build_net(c) for c in cfgs]  # each seed's init, as its own run
     if pack:
-        net = pack_model(nets[0], pack)
-        for n, seed_net in enumerate(nets):
-            load_seed(net, n, seed_net.state_dict(), pack)
-        fmt = torch.channels_last if base.channels_last else torch.preserve_format
-        net = net.to(accelerator.device, memory_format=fmt)
+        net = packed.build_pack(nets, base, accelerator.device)
     else:
         net = nets[0].to(accelerator.device)
     optimizer, _, _ = trainer.build_optim(net, base, len(batches[0]))
@@ -80,10 +77,10 @@ def build_loop(step: str, precision: str, pack: int, first_seed: int, data: MNIS
     count = (pack, 2) if pack else (2,)
     sums = torch.zeros(*count, device=accelerator.device, dtype=torch.float64)
     if pack:
-        step_fn = train_pack.packed_train_step
-        feed = forever(lambda epoch: train_pack.packed_batches(batches, epoch))
+        step_fn = steps.packed_train_step
+        feed = forever(lambda epoch: packed.packed_batches(batches, epoch))
     else:
-        step_fn, feed = trainer.train_step, forever(batches[0].epoch)
+        step_fn, feed = steps.train_step, forever(batches[0].epoch)
     cfg = cfgs[0]
 
     def run() -> int:

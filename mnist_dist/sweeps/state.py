@@ -22,7 +22,11 @@ from ..fsio import write_json
 from ..rundir import CONFIG, ERROR, RESULT, error_line, read_result
 
 RECORD, LOCK = "sweep.json", ".sweep.lock"
-STATES = ("done", "running", "pending", "failed", "missing", "corrupt", "unknown")
+# "diverged" and "pruned": finished early, as the trainer's per-epoch hook decided
+# (result.json's state); final, like done, so never resubmitted
+STATES = ("done", "diverged", "pruned", "running", "pending", "failed", "missing", "corrupt",
+          "unknown")  # fmt: skip
+STOPPED = ("diverged", "pruned")
 SLURM_TIMEOUT_S = 20  # a healthy slurmctld answers in well under a second
 LIVE_STATES = {  # squeue state -> our state
     **dict.fromkeys(["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD"], "pending"),
@@ -121,10 +125,11 @@ def local_alive(pid: str) -> bool:
 def trial_states(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per trial: state, latest job, final accuracy or the reason it has none.
 
-    The trial folder decides done (result.json), corrupt (an unreadable one) and failed
-    (error.txt); the scheduler decides pending and running. A job that ended without
-    either counts as failed; a trial never submitted is missing; unknown means squeue did
-    not answer, so nobody can tell whether the trial is still queued.
+    The trial folder decides done, diverged or pruned (result.json's state), corrupt (an
+    unreadable result.json) and failed (error.txt); the scheduler decides pending and
+    running. A job that ended without either counts as failed; a trial never submitted is
+    missing; unknown means squeue did not answer, so nobody can tell whether the trial is
+    still queued.
     """
     latest: dict[str, dict[str, Any]] = {}
     for job in record.get("jobs", []):
@@ -144,7 +149,10 @@ def trial_states(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
         sq = slurm_state(job, live, record["name"]) if job and live is not None else ""
         if (d / RESULT).is_file():
             try:
-                row.update(state="done", final_test_acc=read_result(d / RESULT)["final_test_acc"])
+                result = read_result(d / RESULT)
+                row.update(state=result["state"], final_test_acc=result["final_test_acc"])
+                if result["state"] in STOPPED:
+                    row["error"] = f"{result['state']} after epoch {len(result['history'])}"
             except ValueError as e:
                 row.update(
                     state="corrupt", path=str(d / RESULT), error=f"corrupted result.json: {e}"

@@ -175,7 +175,8 @@ def plan(
     submitting it again could run it twice, so that stops the command instead.
     """
     rows = {r["trial_id"]: r for r in trial_states(out, record)}
-    skip = {"done": "skip (done)", "pending": "skip (queued)", "running": "skip (running)"}
+    skip = {"done": "skip (done)", "pending": "skip (queued)", "running": "skip (running)",
+            "diverged": "skip (diverged)", "pruned": "skip (pruned)"}  # fmt: skip
     actions = {t: skip.get(r["state"], "submit") for t, r in rows.items()}
     unknown = [t for t, r in rows.items() if r["state"] == "unknown"]
     if unknown:

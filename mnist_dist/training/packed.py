@@ -14,41 +14,24 @@ another thread count. ``--out`` is a parent folder holding one normal run folder
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..config import Runtime, TrainConfig
-from ..data import eval_batches, load_mnist
 from ..errors import UserError
-from ..fsio import write_json
 from ..models import count_params
-from ..rundir import CHECKPOINT, CONFIG, RESULT, read_checkpoint, save_checkpoint
-from .loop import (
-    PROGRESS_EVERY_S,
-    DtypeProbe,
-    build_net,
-    build_optim,
-    compile_model,
-    epoch_line,
-    finished_result,
-    load_data,
-    make_accelerator,
-    make_ema,
-    run_folder,
-    train,
-)
+from ..rundir import CHECKPOINT, RESULT, read_checkpoint, save_checkpoint
+from .loop import EpochHook, fit, go_on, train
 from .packnet import load_seed, pack_model, seed_optimizer_state, seed_state
-from .runinfo import cpu_threads, git_commit, make_result, run_env
-from .tracking import Tracker
+from .setup import RUNNING, Run, finished_result, run_folder
+from .steps import packed_train_step
 
 PACKS = ".packs"  # <out>/.packs/<config hash>-s<seeds>.pt: not a run folder, never a trial
 
 
-def train_seeds(cfg: TrainConfig, rt: Runtime) -> dict[int, dict]:
+def train_seeds(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> dict[int, dict]:
     """Train ``rt.seeds`` of ``cfg``; {seed: result}. Seeds already finished are kept with
     --resume (and refused without it); a single seed left takes the plain path."""
     base, parent = cfg.resolve(), Path(rt.out or "runs")
@@ -59,11 +42,17 @@ def train_seeds(cfg: TrainConfig, rt: Runtime) -> dict[int, dict]:
     results = {s: finished_result(folders[s], c) for s, c in cfgs.items()
                if (folders[s] / RESULT).is_file()}  # fmt: skip
     todo = [s for s in rt.seeds if s not in results]
-    if len(todo) == 1:  # one seed: today's plain path and checkpoint, bit for bit
+    if len(todo) == 1:  # one seed: the plain path and checkpoint, bit for bit
         s = todo[0]
-        results[s] = train(cfgs[s], dataclasses.replace(rt, out=str(folders[s]), seeds=None))
+        one = dataclasses.replace(rt, out=str(folders[s]), seeds=None)
+        results[s] = train(cfgs[s], one, on_epoch)
     elif todo:
-        results.update(train_pack([cfgs[s] for s in todo], rt, parent, folders))
+        pack = [cfgs[s] for s in todo]
+        check_packable(base)
+        state_path = parent / PACKS / f"{base.config_hash()}-s{'_'.join(map(str, todo))}.pt"
+        ckpt = load_pack_state(state_path, base, todo) if rt.resume else None
+        run = PackRun(pack, rt, [folders[s] for s in todo], ckpt, state_path)
+        results.update(fit(run, on_epoch))
     return results
 
 
@@ -80,106 +69,96 @@ def check_packable(cfg: TrainConfig) -> None:
         )
 
 
-def train_pack(cfgs: list[TrainConfig], rt: Runtime, parent: Path, folders) -> dict[int, dict]:
-    """The packed run of ``cfgs`` (one config, several seeds); {seed: result}."""
-    base, seeds = cfgs[0], [c.seed for c in cfgs]
-    check_packable(base)
-    state_path = parent / PACKS / f"{base.config_hash()}-s{'_'.join(map(str, seeds))}.pt"
-    commit, t_start = git_commit(), time.perf_counter()
-    ckpt = load_pack_state(state_path, base, seeds) if rt.resume else None
-    torch.set_num_threads(cpu_threads(rt.threads))
-    accelerator = make_accelerator(base, rt)
-    for c in cfgs:
-        write_json(folders[c.seed] / CONFIG, c.to_dict())
-    with accelerator.main_process_first():
-        data = load_mnist(rt.data_dir, rt.download).to(accelerator.device)
-    val, batches = None, []
-    for c in cfgs:  # each seed its own permutation and augmentation, as its separate run
-        _, val, b = load_data(c, rt, accelerator, data)
-        batches.append(b)
-    nets = [build_net(c, rt.float64) for c in cfgs]  # each seed's init, as its separate run
-    pack = pack_model(nets[0], len(cfgs))
-    pack = pack.double() if rt.float64 else pack
-    for n, net in enumerate(nets):
-        load_seed(pack, n, net.state_dict(), len(cfgs))
-    pack = pack.to(accelerator.device, memory_format=torch.channels_last if base.channels_last
-                   else torch.preserve_format)  # fmt: skip
-    optimizer, scheduler, per_batch = build_optim(pack, base, len(batches[0]))
-    ema = make_ema(pack, base)
-    histories, wall_before = restore_pack(ckpt, pack, optimizer, scheduler, ema, seeds)
-    model, optimizer = accelerator.prepare(pack, optimizer)
-    if base.compile:
-        model = compile_model(model, accelerator.device)
-    probe = DtypeProbe(pack)
-    trackers = {c.seed: Tracker.start(c, rt, folders[c.seed]) for c in cfgs}
-    for s, tracker in trackers.items():
-        tracker.catch_up(histories[s])
-    threads = torch.get_num_threads()
-    accelerator.print(
-        f"{base.label()}: seeds {seeds} packed as one grouped net, "
-        f"{count_params(nets[0]):,} params each, {threads} threads"
-    )
-    for epoch in range(len(histories[seeds[0]]), base.epochs):
-        sched = (scheduler, per_batch, ema)
-        train_rows = run_pack_epoch(epoch, model, optimizer, sched, batches, base, rt, accelerator)
-        t_eval = time.perf_counter()
-        scores = score_pack(model, ema, data, val, base, len(seeds), epoch + 1 == base.epochs)
-        for n, s in enumerate(seeds):
-            row = dict(epoch=epoch + 1, **train_rows[n], **scores[n])
-            row["eval_seconds"] = time.perf_counter() - t_eval
-            histories[s].append(row)
-            accelerator.print(f"seed {s}: " + epoch_line(row, base), flush=True)
-        wall = wall_before + time.perf_counter() - t_start
+class PackRun(Run):
+    """N seeds of one config as one grouped net (``packnet``): one forward and backward
+    per step for all of them. Its resume state lives in ``<out>/.packs/``; each seed gets
+    its standard checkpoint and result.json at the end, cut out of the pack."""
+
+    def __init__(self, cfgs, rt, folders, ckpt, state_path: Path):
+        self.state_path = state_path
+        super().__init__(cfgs, rt, folders, ckpt)
+
+    def build(self, nets):
+        return build_pack(nets, self.cfg, self.accelerator.device, self.rt.float64)
+
+    def feed(self, epoch: int):
+        return packed_batches(self.batches, epoch)
+
+    def step(self, x, y, sums, active: list[int]) -> None:
+        packed_train_step(self.model, self.optimizer, self.accelerator, x, y, self.cfg, sums,
+                          active if len(active) < len(self.cfgs) else None)  # fmt: skip
+
+    def title(self) -> str:
+        seeds, params = [c.seed for c in self.cfgs], count_params(self.nets[0])
+        return (
+            f"{self.cfg.label()}: seeds {seeds} packed as one grouped net, {params:,} params each"
+        )
+
+    def restore(self, ckpt) -> tuple[list[list[dict]], float]:
+        seeds = [c.seed for c in self.cfgs]
+        if not ckpt:
+            return [[] for _ in seeds], 0.0
+        self.net.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"])
+        torch.set_rng_state(ckpt["rng"])
+        self.states = list(ckpt.get("states") or self.states)
+        print(f"resuming seeds {seeds} after epoch {ckpt['epoch']}")
+        return [ckpt["histories"][s] for s in seeds], float(ckpt["wall_seconds"])
+
+    def save(self) -> None:
+        seeds = [c.seed for c in self.cfgs]
         state = dict(
-            seeds=seeds, config=base.to_dict(), epoch=epoch + 1, histories=histories,
-            model=pack.state_dict(), optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), rng=torch.get_rng_state(),
-            ema=ema.state_dict() if ema is not None else None, wall_seconds=wall,
+            seeds=seeds, config=self.cfg.to_dict(), epoch=len(self.histories[0]),
+            histories=dict(zip(seeds, self.histories, strict=True)), states=self.states,
+            model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), rng=torch.get_rng_state(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            wall_seconds=self.wall(),
         )  # fmt: skip
-        save_checkpoint(state_path, state)
-        for s in seeds:
-            trackers[s].log(histories[s][-1])
-    probe.remove()
-    wall = wall_before + time.perf_counter() - t_start
-    env = dict(run_env(accelerator, rt), compute_dtype=probe.dtype, git_commit=commit,
-               train_images=len(batches[0].x), test_images=len(data.test_x))  # fmt: skip
-    results = {}
-    for n, c in enumerate(cfgs):
-        opt = (optimizer, scheduler)
-        results[c.seed] = finish_seed(c, n, nets[n], pack, ema, opt, histories[c.seed], seeds,
-                                      env, wall, folders[c.seed])  # fmt: skip
-        trackers[c.seed].finish(results[c.seed])
-    accelerator.end_training()
-    return results
+        save_checkpoint(self.state_path, state)
+
+    def finish(self, n: int, facts: dict[str, Any]) -> dict[str, Any]:
+        """Seed n's standard checkpoint, cut out of the pack (the one its separate run would
+        have written: model, optimizer, scheduler, EMA), then its result.json. A seed the
+        hook stopped gets no checkpoint (see ``Run.write_result``)."""
+        count, cfg = len(self.cfgs), self.cfgs[n]
+        timing = (f"pack of {count} seeds: seconds, images_per_s (seed-images/s) and wall "
+                  "time are the whole pack's")  # fmt: skip
+        others = [c.seed for c in self.cfgs if c.seed != cfg.seed]
+        facts = dict(facts, packed_with=others, timing=timing)
+        if self.states[n] != RUNNING:
+            return self.write_result(n, facts)
+        like = self.nets[n].state_dict()
+        ema_state = None
+        if self.ema is not None:
+            ema_like = {f"module.{k}": v for k, v in like.items()}
+            ema_like["n_averaged"] = self.ema.n_averaged
+            ema_state = seed_state(self.ema.state_dict(), ema_like, n, count)
+        state = dict(
+            epoch=len(self.histories[n]),
+            model=seed_state(self.net.state_dict(), like, n, count),
+            optimizer=seed_optimizer_state(self.optimizer.state_dict(),
+                                           list(self.nets[n].parameters()), n, count),
+            scheduler=self.scheduler.state_dict(), scaler=None, ema=ema_state,
+            rng=torch.get_rng_state(), cuda_rng=None, history=self.histories[n],
+            config=cfg.to_dict(), world_size=1, wall_seconds=self.wall(),
+        )  # fmt: skip
+        save_checkpoint(self.folders[n] / CHECKPOINT, state)
+        return self.write_result(n, facts)
 
 
-def finish_seed(cfg, n, net, pack, ema, opt, history, seeds, env, wall, folder) -> dict:
-    """Seed n's standard checkpoint and result.json, cut out of the pack: the checkpoint
-    is the one its separate run would have written (model, optimizer, scheduler, EMA)."""
-    like, count = net.state_dict(), len(seeds)
-    model = seed_state(pack.state_dict(), like, n, count)
-    optimizer, scheduler = opt
-    opt_state = seed_optimizer_state(optimizer.state_dict(), list(net.parameters()), n, count)
-    ema_state = None
-    if ema is not None:
-        ema_like = {f"module.{k}": v for k, v in like.items()} | {"n_averaged": ema.n_averaged}
-        ema_state = seed_state(ema.state_dict(), ema_like, n, count)
-    state = dict(epoch=len(history), model=model, optimizer=opt_state,
-                 scheduler=scheduler.state_dict(), scaler=None, ema=ema_state,
-                 rng=torch.get_rng_state(), cuda_rng=None, history=history,
-                 config=cfg.to_dict(), world_size=1, wall_seconds=wall)  # fmt: skip
-    save_checkpoint(folder / CHECKPOINT, state)
-    env = dict(env)
-    n_train, n_test = env.pop("train_images"), env.pop("test_images")
-    timing = (f"pack of {count} seeds: seconds, images_per_s (seed-images/s) and wall time "
-              "are the whole pack's")  # fmt: skip
-    run = dict(env, packed_with=[s for s in seeds if s != cfg.seed], timing=timing)
-    n_test = n_test if cfg.test_eval != "never" else 0
-    result = make_result(cfg, history, params=count_params(net), n_train=n_train, n_test=n_test,
-                         wall_seconds=wall, run=run)  # fmt: skip
-    write_json(folder / RESULT, result)
-    print(f"seed {cfg.seed}: final test accuracy {result['final_test_acc']}  -> {folder}")
-    return result
+def build_pack(nets, cfg: TrainConfig, device, float64: bool = False) -> torch.nn.Module:
+    """The seeds' nets as one grouped net on ``device``, each seed's own initial weights
+    in its group (the trainer's setup, and bench's)."""
+    pack = pack_model(nets[0], len(nets))
+    pack = pack.double() if float64 else pack
+    for n, net in enumerate(nets):
+        load_seed(pack, n, net.state_dict(), len(nets))
+    fmt = torch.channels_last if cfg.channels_last else torch.preserve_format
+    return pack.to(device, memory_format=fmt)
 
 
 def load_pack_state(path: Path, cfg: TrainConfig, seeds: list[int]) -> dict[str, Any] | None:
@@ -192,53 +171,6 @@ def load_pack_state(path: Path, cfg: TrainConfig, seeds: list[int]) -> dict[str,
     return state if state["seeds"] == seeds else None
 
 
-def restore_pack(ckpt, pack, optimizer, scheduler, ema, seeds) -> tuple[dict, float]:
-    if not ckpt:
-        return {s: [] for s in seeds}, 0.0
-    pack.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if ema is not None:
-        ema.load_state_dict(ckpt["ema"])
-    torch.set_rng_state(ckpt["rng"])
-    print(f"resuming seeds {seeds} after epoch {ckpt['epoch']}")
-    return ckpt["histories"], float(ckpt["wall_seconds"])
-
-
-def run_pack_epoch(epoch, model, optimizer, sched, batches, cfg, rt, accelerator) -> list[dict]:
-    """One epoch of every seed; per seed, the row's training half. Timing is the pack's."""
-    scheduler, per_batch, ema = sched
-    model.train()
-    lr, count = optimizer.param_groups[0]["lr"], len(batches)
-    sums = torch.zeros(count, 2, device=accelerator.device, dtype=torch.float64)  # per seed
-    seen, t0, last_line = 0, time.perf_counter(), time.perf_counter()
-    for i, (x, y) in enumerate(packed_batches(batches, epoch), 1):
-        packed_train_step(model, optimizer, accelerator, x, y, cfg, sums)
-        if ema is not None:
-            ema.update_parameters(accelerator.unwrap_model(model))
-        if per_batch:
-            scheduler.step()
-        seen += len(y)
-        if rt.progress and time.perf_counter() - last_line > PROGRESS_EVERY_S:
-            last_line = time.perf_counter()
-            print(f"  epoch {epoch + 1} step {i}/{len(batches[0])}  "
-                  f"{seen * count / (last_line - t0):,.0f} seed-img/s", flush=True)  # fmt: skip
-    if not per_batch:
-        scheduler.step()
-    sums = sums.tolist()
-    seconds = time.perf_counter() - t0
-    return [
-        dict(
-            train_loss=lo / seen,
-            train_acc=100.0 * c / seen,
-            lr=lr,
-            seconds=seconds,
-            images_per_s=seen * count / seconds,
-        )  # fmt: skip
-        for lo, c in sums
-    ]
-
-
 def packed_batches(batches, epoch: int):
     """Per step, one batch of each seed at the same position: x (B, N, 28, 28) with seed n's
     images in channel n, and y (B, N). The feed of ``run_pack_epoch`` (and of ``mnist-dist
@@ -246,54 +178,3 @@ def packed_batches(batches, epoch: int):
     for pairs in zip(*(b.epoch(epoch) for b in batches), strict=True):
         x = torch.cat([xb for xb, _ in pairs], dim=1)
         yield x, torch.stack([yb for _, yb in pairs], dim=1)
-
-
-def packed_train_step(model, optimizer, accelerator, x, y, cfg: TrainConfig, sums) -> None:
-    """One step of every seed: the loss is the sum of each seed's mean loss, so each seed's
-    gradient is its separate run's. ``sums`` (N, 2) gathers (loss * batch, correct)."""
-    x = x.to(next(model.parameters()).dtype)
-    if cfg.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    logp = model(x).transpose(1, 2)  # (B, 10, N): the class dim second, as the losses want
-    if cfg.label_smoothing:
-        per = F.cross_entropy(logp, y, reduction="none", label_smoothing=cfg.label_smoothing)
-    else:
-        per = F.nll_loss(logp, y, reduction="none")  # (B, N)
-    optimizer.zero_grad(set_to_none=True)
-    accelerator.backward(per.mean(dim=0).sum())
-    optimizer.step()
-    sums[:, 0] += per.detach().double().sum(dim=0)
-    sums[:, 1] += (logp.argmax(dim=1) == y).sum(dim=0)
-
-
-def score_pack(model, ema, data, val, cfg: TrainConfig, count: int, last: bool) -> list[dict]:
-    """Per seed, ``train.score``'s row: each seed on the same images its separate run sees."""
-    sets = [("val", *val)] if val else []
-    if cfg.test_eval == "every" or (cfg.test_eval == "final" and last):
-        sets.insert(0, ("test", data.test_x, data.test_y))
-    weights = [("model", model)] + ([("ema", ema.module)] if ema is not None else [])
-    rows: list[dict[str, float]] = [{} for _ in range(count)]
-    for name, x, y in sets:
-        for which, net in weights:
-            for n, (loss, acc) in enumerate(evaluate_pack(net, x, y, cfg, count)):
-                if ema is not None:
-                    rows[n][f"{which}_{name}_loss"], rows[n][f"{which}_{name}_acc"] = loss, acc
-                if which == cfg.headline:
-                    rows[n][f"{name}_loss"], rows[n][f"{name}_acc"] = loss, acc
-    return rows
-
-
-@torch.no_grad()
-def evaluate_pack(model, x, y, cfg: TrainConfig, count: int) -> list[tuple[float, float]]:
-    """(loss, accuracy %) per seed over all of (x, y). Batches of eval_batch_size / N
-    images keep memory bounded as N grows (the packed activations are N times wider)."""
-    model.eval()
-    dtype = next(model.parameters()).dtype
-    sums = torch.zeros(count, 2, dtype=torch.float64, device=x.device)
-    for xb, yb in eval_batches(x, y, max(1, cfg.eval_batch_size // count)):
-        xb = xb.to(dtype).expand(-1, count, -1, -1)  # every seed sees the same images
-        with torch.autocast(xb.device.type, torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-            logp = model(xb.contiguous()).double().transpose(1, 2)  # (b, 10, N)
-        sums[:, 0] += F.nll_loss(logp, yb[:, None].expand(-1, count), reduction="none").sum(0)
-        sums[:, 1] += (logp.argmax(dim=1) == yb[:, None]).sum(0)
-    return [(lo / len(y), 100.0 * c / len(y)) for lo, c in sums.tolist()]

@@ -107,13 +107,16 @@ def make_result(
     n_test: int,
     wall_seconds: float,
     run: dict[str, Any],
+    state: str = "done",
 ) -> dict[str, Any]:
     """The result.json dict: pure, from the config, the per-epoch history and the run facts.
 
     The headline is the final epoch's test accuracy, of the weights the recipe names
     (``headline``: the model, or its EMA); the best epoch is picked on the test set, so it
     is kept for comparison only. A run that never scored the test set (``test_eval``
-    never: tuning) has None there, and its validation figures only.
+    never: tuning) has None there, and its validation figures only. ``state`` is "done",
+    or why the per-epoch hook stopped the run early ("diverged", "pruned"): its history
+    then ends at that epoch.
     """
     tested = [h for h in history if "test_acc" in h]  # every epoch, the last, or none
     best = max(tested, key=lambda h: h["test_acc"]) if tested else {}
@@ -125,6 +128,7 @@ def make_result(
         if cfg.ema_decay
     }
     return dict(
+        state=state,
         step=cfg.step,
         seed=cfg.seed,
         params=params,

@@ -1,0 +1,88 @@
+"""The trainer's per-epoch hook (issue #21): one loop for a seed and a pack asks it after
+every epoch, per seed, whether to go on; a stopped seed's result.json says why and where,
+and the other seeds of its pack train on as their separate runs do."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from mnist_dist.config import Runtime, TrainConfig
+from mnist_dist.training import train, train_seeds
+from mnist_dist.training.loop import GO_ON, PRUNED
+
+from .conftest import make_tiny_mnist, run_cli
+from .test_pack import assert_same_history
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64)
+    cfg = TrainConfig(step="step4", epochs=3, train_limit=192, eval_batch_size=64, lr_step=1)
+    rt = Runtime(data_dir=str(data), download=False, cpu=True, threads=1, progress=False,
+                 float64=True)  # fmt: skip
+    return cfg, rt
+
+
+def test_a_pruned_seed_of_a_pack_stops_and_the_others_train_as_alone(setup, tmp_path):
+    cfg, rt = setup
+    seen = []
+
+    def prune_seed_1_after_epoch_1(epoch, rows):
+        seen.append((epoch, len(rows)))
+        # the loop hands rows in pack order; only seeds still training are asked
+        return [PRUNED if (epoch, n, len(rows)) == (1, 1, 2) else GO_ON for n in range(len(rows))]
+
+    pack = dataclasses.replace(rt, out=str(tmp_path / "pack"), seeds=[0, 1])
+    results = train_seeds(cfg, pack, on_epoch=prune_seed_1_after_epoch_1)
+    assert seen == [(1, 2), (2, 1), (3, 1)]  # seed 1 is asked once, then never again
+    pruned, kept = results[1], results[0]
+    assert pruned["state"] == "pruned" and [h["epoch"] for h in pruned["history"]] == [1]
+    assert kept["state"] == "done" and len(kept["history"]) == 3
+    folder = tmp_path / "pack" / pruned["trial_id"]
+    assert json.loads((folder / "result.json").read_text())["state"] == "pruned"
+    assert not (folder / "checkpoint.pt").exists()  # its weights are not the recipe's
+    assert (tmp_path / "pack" / kept["trial_id"] / "checkpoint.pt").is_file()
+
+    lone = dataclasses.replace(rt, out=str(tmp_path / "alone"))
+    alone = train(dataclasses.replace(cfg, seed=0), lone)
+    assert_same_history(kept["history"], alone["history"])  # its pack mate left: no change
+
+    report = run_cli("report", str(tmp_path / "pack"), "--json")  # a folder of runs
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert [g["seeds"] for g in data["groups"]] == [[0]]
+    assert [(m["trial_id"], m["status"], m["reason"]) for m in data["missing"]] == [
+        (pruned["trial_id"], "pruned", "pruned after epoch 1")
+    ]
+
+
+def test_a_stopped_single_run_records_its_state_and_report_reads_it(setup, tmp_path):
+    cfg, rt = setup
+    calls = []
+
+    def diverge_at_2(epoch, rows):
+        calls.append(epoch)
+        return ["diverged" if epoch == 2 else GO_ON]
+
+    out = tmp_path / "runs" / "one"
+    result = train(cfg, dataclasses.replace(rt, out=str(out)), on_epoch=diverge_at_2)
+    assert calls == [1, 2] and result["state"] == "diverged" and len(result["history"]) == 2
+    assert json.loads((out / "result.json").read_text())["state"] == "diverged"
+    assert not (out / "checkpoint.pt").exists()
+    other = train(
+        dataclasses.replace(cfg, seed=1),
+        dataclasses.replace(rt, out=str(tmp_path / "runs" / "two")),
+    )
+    assert other["state"] == "done"
+
+    report = run_cli("report", str(tmp_path / "runs"), "--json")
+    assert report.returncode == 0, report.stderr
+    data = json.loads(report.stdout)
+    assert [g["n"] for g in data["groups"]] == [1]  # a stopped run is no final-epoch figure
+    assert [(m["trial_id"], m["status"], m["reason"]) for m in data["missing"]] == [
+        ("one", "diverged", "diverged after epoch 2")
+    ]
