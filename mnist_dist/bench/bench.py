@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import io
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,7 +37,7 @@ import torch
 from ..config import MIXED_PRECISION, RECIPES, TARGET_ACC, TrainConfig
 from ..data import TrainBatches, load_mnist
 from ..errors import ArgumentParser, UserError, cli_errors
-from ..training.runinfo import cpu_threads
+from ..training.runinfo import contention_lines, cpu_threads, load_avg, machine_facts
 from .timing import STEPS, forever, measure, origin_loader, origin_step, our_step
 
 
@@ -55,7 +54,7 @@ def run_bench(args) -> dict:
         mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available()
     )
     device, bs = accelerator.device, cfg.batch_size
-    load_before = os.getloadavg()[0]
+    load_before = load_avg()
     data = load_mnist(args.data_dir, download=False).to(device)
     ours = TrainBatches(data.train_x, data.train_y, bs, seed=0)
     if args.variants:  # compute alone: eager (and compiled) x NCHW and channels_last
@@ -88,8 +87,6 @@ def run_bench(args) -> dict:
         **res,
         step=cfg.step,
         batch_size=bs,
-        device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         threads=threads,
         origin_workers=args.workers,
         origin_setup="PIL transforms, DataLoader, plain PyTorch, NCHW, fp32, no compile",
@@ -100,12 +97,7 @@ def run_bench(args) -> dict:
         warmup=args.warmup,
         repeats=args.repeats,
         train_images=n_train,
-        # Contention: 1-minute load average (runnable processes) against the cores here.
-        # With load above the core count, OpenMP threads spin-wait on each other: busy.
-        load_avg=[round(load_before, 2), round(os.getloadavg()[0], 2)],
-        cores=len(os.sched_getaffinity(0)),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
-        torch=torch.__version__,
+        **machine_facts(device, load_before),
     )
 
 
@@ -114,8 +106,7 @@ def print_bench(r: dict) -> None:
         f"bench {r['step']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads, "
         f"{r['steps']} steps x {r['repeats']} rounds (median), warm-up {r['warmup']}"
     )
-    if max(r["load_avg"]) > r["cores"]:
-        print(f"note: busy machine, load {r['load_avg']} on {r['cores']} cores: contended")
+    print("\n".join(contention_lines(r)))
     print(f"{'':12} {'ms/step':>8} {'images/s':>9} {'epoch s':>8}")
     notes = dict(
         origin=f"PIL per sample, DataLoader {r['origin_workers']} workers, NCHW fp32",
@@ -134,7 +125,8 @@ def print_bench(r: dict) -> None:
 
 
 def print_variants(r: dict) -> None:
-    print(f"compute alone, {r['step']}, batch {r['batch_size']}, load {r['load_avg']}")
+    print(f"compute alone, {r['step']}, batch {r['batch_size']}")
+    print("\n".join(contention_lines(r)))
     for name, m in r["variants"].items():
         print(f"{name:24} {m['ms_per_step']:8.2f} ms/step  rounds {m['rounds_ms']}")
 
@@ -189,7 +181,7 @@ def _single_row(r: dict) -> str:
         f"| {o['epoch_seconds']:.1f} | {b['images_per_s']:,.0f} | {b['epoch_seconds']:.1f} "
         f"| {r['speedup']:.2f}x | {c['images_per_s']:,.0f} "
         f"| {100 * r['data_overhead']:+.1f}% | {r['device']}, {r['threads']} "
-        f"| {r.get('load_avg', '?')} |"
+        f"| {r.get('load_avg') or [r['load_avg_before'][0], r['load_avg_after'][0]]} |"
     )
 
 

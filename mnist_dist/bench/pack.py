@@ -39,7 +39,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..training.runinfo import cpu_model
+from ..training.runinfo import contention_lines, load_avg, machine_facts
 from .steps import step_list
 
 PRECISIONS = ("fp32", "bf16")
@@ -158,7 +158,7 @@ def run_packs(args) -> dict:
     cells = [(s, p, *lay) for s in steps for p in PRECISIONS for lay in lays]
     timed: dict[tuple, list[list[dict]]] = {(s, p, name): [] for s, p, name, *_ in cells}
     facts: dict[tuple, dict] = {}
-    load_before = os.getloadavg()
+    load_before = load_avg()
     with Workers(width) as workers:
         init = dict(op="init", data_dir=args.data_dir, batch_size=args.batch_size,
                     channels_last=args.channels_last)  # fmt: skip
@@ -171,7 +171,7 @@ def run_packs(args) -> dict:
                 until = time.monotonic() + window  # one deadline for the processes side by side
                 replies = workers.ask({i: dict(op="run", until=until) for i in range(procs)})
                 timed[step, precision, name].append(list(replies.values()))
-    load_after = os.getloadavg()
+    machine = machine_facts(torch.device("cpu"), load_before)
     rows = []
     for step in steps:
         batch = TrainConfig(step=step, batch_size=args.batch_size).resolve().batch_size
@@ -196,18 +196,11 @@ def run_packs(args) -> dict:
         rows=rows,
         figure="seed-images per second, summed over the processes side by side",
         vs_separate=f"a layout's figure / separate {width}x1's",
-        device="cpu",
-        cpu_model=cpu_model(),
-        cores=len(os.sched_getaffinity(0)),
-        # Contention: runnable processes (1, 5, 15 min) against the cores, before and after.
-        load_avg_before=[round(x, 2) for x in load_before],
-        load_avg_after=[round(x, 2) for x in load_after],
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        **machine,
         window_s=window,
         warmup=args.warmup,
         repeats=args.repeats,
         channels_last=args.channels_last,
-        torch=torch.__version__,
     )
 
 
@@ -241,10 +234,7 @@ def print_packs(r: dict) -> None:
         f"the processes side by side (PxT: P processes x T threads), {r['window_s']:g} s x "
         f"{r['repeats']} rounds (median), warm-up {r['warmup']}"
     )
-    before, after = r["load_avg_before"], r["load_avg_after"]
-    print(f"load average (1, 5, 15 min): {before} before, {after} after")
-    if max(before[0], after[0]) > r["cores"]:
-        print("note: busy machine, more runnable processes than cores: contended")
+    print("\n".join(contention_lines(r)))
     for row in r["rows"]:
         dtypes = {c["compute_dtype"] for c in row["layouts"].values()}
         want = "bfloat16" if row["precision"] == "bf16" else "float32"

@@ -16,14 +16,12 @@ bf16 is faster), and the speedup of each of ours over the origin (origin time / 
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from ..config import RECIPES, TrainConfig
 from ..data import TrainBatches, load_mnist
 from ..errors import UserError
-from ..training.runinfo import cpu_model, cpu_threads
+from ..training.runinfo import contention_lines, cpu_threads, load_avg, machine_facts
 from .timing import forever, measure, origin_loader, origin_step, our_step
 
 LOOPS = ("origin", "fp32", "bf16")
@@ -69,7 +67,7 @@ def run_all(args) -> dict:
     # fp32 accelerator; our_step(bf16=True) adds the bf16 autocast Accelerate would.
     accelerator = Accelerator(mixed_precision="no", cpu=not cuda)
     device = accelerator.device
-    load_before = os.getloadavg()
+    load_before = load_avg()
     data = load_mnist(args.data_dir, download=False).to(device)
     loops, batch = {}, {}
     for step in steps:
@@ -89,7 +87,6 @@ def run_all(args) -> dict:
                 bf16=precision == "bf16",
             )
     res = measure(loops, device, args.steps, args.warmup, args.repeats)
-    load_after = os.getloadavg()
     n_train = len(data.train_x)
     rows = []
     for step in steps:
@@ -109,15 +106,8 @@ def run_all(args) -> dict:
     return dict(
         mode="all-steps",
         per_step=rows,
-        device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        cpu_model=cpu_model(),
+        **machine_facts(device, load_before),
         threads=threads,
-        cores=len(os.sched_getaffinity(0)),
-        # Contention: runnable processes (1, 5, 15 min) against the cores, before and after.
-        load_avg_before=[round(x, 2) for x in load_before],
-        load_avg_after=[round(x, 2) for x in load_after],
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
         steps=args.steps,
         warmup=args.warmup,
         repeats=args.repeats,
@@ -126,7 +116,6 @@ def run_all(args) -> dict:
         channels_last=args.channels_last,
         compile=args.compile,
         train_images=n_train,
-        torch=torch.__version__,
     )
 
 
@@ -152,10 +141,7 @@ def print_all(r: dict) -> None:
         f"bf16 interleaved, {r['steps']} steps x {r['repeats']} rounds (median), "
         f"warm-up {r['warmup']}"
     )
-    before, after = r["load_avg_before"], r["load_avg_after"]
-    print(f"load average (1, 5, 15 min): {before} before, {after} after, {r['cores']} cores")
-    if max(before[0], after[0]) > r["cores"]:
-        print("note: busy machine, more runnable processes than cores: contended")
+    print("\n".join(contention_lines(r)))
     for row in r["per_step"]:
         if row["bf16"]["compute_dtype"] != "bfloat16":
             print(f"note: {row['step']} bf16 computed in {row['bf16']['compute_dtype']}")

@@ -46,6 +46,43 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_avg() -> list[float]:
+    """Runnable processes averaged over 1, 5 and 15 minutes."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine_facts(device, load_before: list[float]) -> dict[str, Any]:
+    """The machine a benchmark ran on, in one shape for every ``mnist-dist bench`` mode.
+
+    Contention: the load average before and after, against the cores this process may use.
+    With more runnable processes than cores, OpenMP threads spin-wait on each other.
+    """
+    import torch
+
+    return dict(
+        device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        cpu_model=cpu_model(),
+        cores=len(os.sched_getaffinity(0)),
+        load_avg_before=load_before,
+        load_avg_after=load_avg(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"),
+        torch=torch.__version__,
+    )
+
+
+def contention_lines(r: dict[str, Any]) -> list[str]:
+    """What a bench printout says of the load; reads files of every version (a bench
+    --json file from before machine_facts has a 1-minute ``load_avg`` pair)."""
+    before, after = r.get("load_avg_before"), r.get("load_avg_after")
+    if before is None:  # the older single-step record
+        before, after = [r["load_avg"][0]], [r["load_avg"][1]]
+    lines = [f"load average (1, 5, 15 min): {before} before, {after} after, {r['cores']} cores"]
+    if max(before[0], after[0]) > r["cores"]:
+        lines.append("note: busy machine, more runnable processes than cores: contended")
+    return lines
+
+
 def git_commit() -> str | None:
     """The commit this package runs from, with ``+dirty`` for uncommitted changes."""
     here = Path(__file__).parent
