@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -87,3 +90,34 @@ def test_no_import_runs_back_up():
             if top not in CONCERNS:  # a core module: never a concern's module
                 assert dep_top not in CONCERNS, f"core {m} imports {dep}"
             assert dep not in ENTRIES, f"{m} imports the entry {dep}"
+
+
+NO_TORCH = """import sys
+class NoTorch:  # any `import torch` raises; libraries that merely look for it see nothing
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "accelerate"):
+            raise ImportError(f"{name} is blocked: this command must not need it")
+sys.meta_path.insert(0, NoTorch())
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["train", "--help"],
+        ["status", "results/study", "--json"],
+        ["report", "results/study", "--json"],
+        ["sweep", "jobs/study.toml", "--dry-run", "--out", "/nonexistent/dry-run"],
+    ],
+    ids=["help", "train-help", "status", "report", "sweep-dry-run"],
+)
+def test_commands_that_need_no_model_start_without_torch(argv):
+    """Each command runs in a fresh interpreter where importing torch fails."""
+    code = NO_TORCH + "from mnist_dist.cli import main\n"
+    code += f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code in (0, None)\n"
+    code += "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout
