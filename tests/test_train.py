@@ -1,5 +1,6 @@
 """The trainer through its real entry points: CLI, torchrun, resume, bf16, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from mnist_dist.config import TrainConfig
 
 from .conftest import REPO, assert_one_line_error, cli_error, make_tiny_mnist, run_cli
 from .test_models import NEW_PARAMS
@@ -87,32 +90,14 @@ def test_torchrun_two_processes_share_the_work(real_mnist, tmp_path):
     assert result["train_images"] == 1000
 
 
-@pytest.mark.parametrize(
-    "recipe",
-    [
-        # --lr-step 1: the LR decays at the resume boundary, so scheduler state must carry.
-        ("--lr-step", "1"),
-        # OneCycle steps per batch and ends at ~0: a lost or repeated step shows.
-        ("--scheduler", "onecycle", "--lr", "0.05", "--val-split", "256"),
-        # The EMA's state (and AdamW's moments) must carry over too.
-        (
-            "--ema-decay",
-            "0.9",
-            "--headline",
-            "ema",
-            "--optimizer",
-            "adamw",
-            "--lr",
-            "0.003",
-            "--val-split",
-            "256",
-            "--translate",
-            "0.1",
-        ),
-    ],
-    ids=["steplr", "onecycle-val-split", "ema-adamw"],
-)
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, recipe):
+RESUME_KEYS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
+    """The one real SIGKILL: a process killed after its first checkpoint resumes to the
+    uninterrupted history. --lr-step 1: the LR decays at the resume boundary, so the
+    scheduler's state must carry."""
+    recipe = ("--lr-step", "1")
     data = make_tiny_mnist(tmp_path / "data", n_train=2048, n_test=256)
     args = ("train", "--epochs", "2", *recipe, "--data-dir", str(data))
     full = tmp_path / "full"
@@ -134,14 +119,58 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, recipe):
     assert "resuming" in resumed.stdout
 
     a, b = read(full / "result.json"), read(part / "result.json")
-    keys = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
-    keys += ["val_loss", "val_acc"] if "--val-split" in recipe else []
-    keys += ["model_test_acc", "ema_test_acc", "ema_val_loss"] if "--ema-decay" in recipe else []
+    keys = RESUME_KEYS
     assert [[h[k] for k in keys] for h in a["history"]] == [
         [h[k] for k in keys] for h in b["history"]
     ]
     # wall time carries across the resume, as training time does
     assert b["wall_seconds"] >= b["train_seconds"] == sum(h["seconds"] for h in b["history"])
+
+
+@pytest.mark.parametrize(
+    "recipe, keys",
+    [
+        # OneCycle steps per batch and ends at ~0: a lost or repeated step shows.
+        (dict(scheduler="onecycle", lr=0.05, val_split=256), ["val_loss", "val_acc"]),
+        # The EMA's state (and AdamW's moments) must carry over too.
+        (dict(ema_decay=0.9, headline="ema", optimizer="adamw", lr=0.003, val_split=256,
+              translate=0.1), ["val_loss", "val_acc", "model_test_acc", "ema_test_acc",
+                               "ema_val_loss"]),
+    ],
+    ids=["onecycle-val-split", "ema-adamw"],
+)  # fmt: skip
+def test_resume_after_a_failed_save_matches_an_uninterrupted_run(tmp_path, monkeypatch,
+                                                                 recipe, keys):  # fmt: skip
+    """In-process: the second epoch's checkpoint write fails (as a crash there would), so
+    the folder holds epoch 1's; --resume then reaches the uninterrupted history."""
+    from mnist_dist.config import Runtime
+    from mnist_dist.training import train
+    from mnist_dist.training.setup import Run
+
+    data = make_tiny_mnist(tmp_path / "data", n_train=1024, n_test=256)
+    cfg = TrainConfig(step="step4", epochs=2, **recipe)
+    rt = Runtime(data_dir=str(data), download=False, cpu=True, threads=2, progress=False)
+    full = train(cfg, dataclasses.replace(rt, out=str(tmp_path / "full")))
+
+    real_save, saves = Run.save, []
+
+    def save_then_crash(run):
+        saves.append(len(run.histories[0]))
+        if len(saves) == 2:
+            raise OSError("disk gone")
+        real_save(run)
+
+    monkeypatch.setattr(Run, "save", save_then_crash)
+    part = dataclasses.replace(rt, out=str(tmp_path / "part"))
+    with pytest.raises(OSError, match="disk gone"):
+        train(cfg, part)
+    monkeypatch.setattr(Run, "save", real_save)
+    assert saves == [1, 2] and not (tmp_path / "part" / "result.json").exists()
+    resumed = train(cfg, dataclasses.replace(part, resume=True))
+    keys = RESUME_KEYS + keys
+    assert [[h[k] for k in keys] for h in full["history"]] == [
+        [h[k] for k in keys] for h in resumed["history"]
+    ]
 
 
 def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, tmp_path):
