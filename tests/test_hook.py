@@ -86,3 +86,42 @@ def test_a_stopped_single_run_records_its_state_and_report_reads_it(setup, tmp_p
     assert [(m["trial_id"], m["status"], m["reason"]) for m in data["missing"]] == [
         ("one", "diverged", "diverged after epoch 2")
     ]
+
+
+def test_a_pack_resumed_after_a_crash_keeps_its_stopped_seed_stopped(setup, tmp_path, monkeypatch):
+    """The pack's state records which seeds the hook stopped: after a crash, --resume goes
+    on after the last epoch saved (not after the stopped seed's last epoch), never retrains
+    the pruned seed, and the kept seed still ends as its lone run does."""
+    from mnist_dist.training.packed import PackRun
+
+    cfg, rt = setup
+
+    def prune_seed_0_after_epoch_1(epoch, rows):  # the first seed: its history is the short one
+        return [PRUNED if (epoch, n, len(rows)) == (1, 0, 2) else GO_ON for n in range(len(rows))]
+
+    real_save, saves = PackRun.save, []
+
+    def save_then_crash(run):
+        saves.append(len(run.histories[0]))
+        if len(saves) == 3:  # epochs 1 and 2 are saved, seed 0 stopped after epoch 1
+            raise OSError("node lost")
+        real_save(run)
+
+    monkeypatch.setattr(PackRun, "save", save_then_crash)
+    pack = dataclasses.replace(rt, out=str(tmp_path / "pack"), seeds=[0, 1])
+    with pytest.raises(OSError, match="node lost"):
+        train_seeds(cfg, pack, on_epoch=prune_seed_0_after_epoch_1)
+    monkeypatch.setattr(PackRun, "save", real_save)
+
+    asked = []
+
+    def record(epoch, rows):
+        asked.append((epoch, len(rows)))
+        return [GO_ON] * len(rows)
+
+    results = train_seeds(cfg, dataclasses.replace(pack, resume=True), on_epoch=record)
+    assert asked == [(3, 1)]  # from epoch 3, and only the seed still training
+    assert results[0]["state"] == "pruned" and len(results[0]["history"]) == 1
+    lone = dataclasses.replace(rt, out=str(tmp_path / "alone"))
+    alone = train(dataclasses.replace(cfg, seed=1), lone)
+    assert_same_history(results[1]["history"], alone["history"])

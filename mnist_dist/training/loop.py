@@ -27,6 +27,7 @@ from .setup import RUNNING, Run, finished_result, run_folder, seed_prefix
 
 PROGRESS_EVERY_S = 30.0  # non-TTY output (SLURM logs): a progress line this often, seconds
 GO_ON, DIVERGED, PRUNED = RUNNING, "diverged", "pruned"  # the per-epoch hook's answers
+ANSWERS = (GO_ON, DIVERGED, PRUNED)
 # (epoch, that epoch's row of each seed still training) -> one answer per row
 EpochHook = Callable[[int, list[dict[str, Any]]], list[str]]
 
@@ -48,7 +49,7 @@ def train(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> dict:
 def fit(run: Run, on_epoch: EpochHook = go_on) -> dict[int, dict]:
     """The epoch loop: train, score, ask the hook, checkpoint, log; {seed: result}."""
     cfg, acc = run.cfg, run.accelerator
-    for epoch in range(len(run.histories[0]), cfg.epochs):
+    for epoch in range(max(map(len, run.histories)), cfg.epochs):  # a stopped seed's is short
         active = [n for n, state in enumerate(run.states) if state == RUNNING]
         if not active:
             break
@@ -61,6 +62,8 @@ def fit(run: Run, on_epoch: EpochHook = go_on) -> dict[int, dict]:
             run.histories[n].append(row)
             acc.print(seed_prefix(run, n) + epoch_line(row, cfg), flush=True)  # SLURM logs
         for n, answer in zip(active, on_epoch(epoch + 1, rows), strict=True):
+            if answer not in ANSWERS:
+                raise ValueError(f"the per-epoch hook answered {answer!r}; answer one of {ANSWERS}")
             run.states[n] = answer
         if acc.is_main_process:  # before W&B hears of the epoch: see Tracker.catch_up
             run.save()

@@ -149,7 +149,7 @@ class Run:
 
 
 def seed_prefix(run: Run, n: int) -> str:
-    """ "seed 3: " before a pack's lines; nothing for a lone seed."""
+    """The "seed 3: " before a pack's lines; nothing before a lone seed's."""
     return f"seed {run.cfgs[n].seed}: " if len(run.cfgs) > 1 else ""
 
 
