@@ -64,6 +64,13 @@ def real_mnist() -> Path:
     return real_mnist_root()
 
 
+def pytest_collection_modifyitems(items):
+    """Real-cluster tests are slow tests too: `pytest -m "not slow"` is the edit-test loop."""
+    for item in items:
+        if item.get_closest_marker("slurm"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def trained_step5(tmp_path_factory) -> Path:
     """A run folder trained once per test run and shared: step5, 1 epoch of its registered

@@ -21,6 +21,7 @@ from .conftest import assert_one_line_error, cli_error, run_cli
 QUICK = ("--steps", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--cpu")
 
 
+@pytest.mark.slow
 def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist, tmp_path):
     proc = run_cli("bench", "--step", "step4", "--json", "--data-dir", str(tiny_mnist), *QUICK)
     assert proc.returncode == 0, proc.stderr
@@ -45,6 +46,7 @@ def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist, tmp_p
     assert header.count("|") == rule.count("|") == row.count("|")
 
 
+@pytest.mark.slow
 def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
     args = ("bench", "--step", "step1", "--no-channels-last", "--data-dir", str(tiny_mnist))
     proc = run_cli(*args, *QUICK)
@@ -59,6 +61,7 @@ def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
     assert (r["batch_size"], r["channels_last"]) == (32, False)
 
 
+@pytest.mark.slow
 def test_bench_variants_time_compute_in_both_memory_formats(tiny_mnist):
     proc = run_cli("bench", "--variants", "--json", "--data-dir", str(tiny_mnist), *QUICK)
     assert proc.returncode == 0, proc.stderr
@@ -101,6 +104,7 @@ def test_table_of_a_truncated_all_steps_run_is_one_line_and_prints_nothing(tmp_p
     assert proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_time_to_target_trains_then_rereads_its_result(tiny_mnist, tmp_path):
     out = tmp_path / "ttt"
     common = ("bench", "--time-to-target", "--json")
@@ -162,6 +166,7 @@ def test_time_to_target_not_reached_or_without_eval_timing():
     assert r["eval_seconds_to_target"] is None and r["eval_seconds_all"] is None
 
 
+@pytest.mark.slow
 def test_all_steps_times_origin_fp32_and_bf16_of_each_step_in_one_run(tiny_mnist, capsys, tmp_path):
     args = ("bench", "--step-list", "step1,step4", "--json", "--data-dir", str(tiny_mnist))
     proc = run_cli(*args, *QUICK)

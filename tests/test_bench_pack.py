@@ -25,6 +25,7 @@ QUICK = ("--window", "0.05", "--warmup", "1", "--repeats", "2", "--batch-size", 
 NAMES = ["separate 2x1", "separate 1x2", "pack2 2x1", "pack2 1x2", "pack4 2x1", "pack4 1x2"]
 
 
+@pytest.mark.slow
 def test_pack_bench_times_every_layout_in_fp32_and_bf16(tiny_mnist, capsys, tmp_path):
     args = ("bench", "--pack", "2,4", "--step", "step4", "--json", "--data-dir", str(tiny_mnist))
     proc = run_cli(*args, *QUICK)

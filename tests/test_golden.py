@@ -34,6 +34,7 @@ def test_report_json_on_committed_evidence_matches_its_golden_file(folder, capsy
     assert json.loads(capsys.readouterr().out) == golden
 
 
+@pytest.mark.slow
 def test_a_single_runs_first_epochs_match_the_golden_float64_numbers(tmp_path):
     golden = json.loads((FIXTURES / "golden_step4_float64.json").read_text())
     data = make_tiny_mnist(tmp_path / "data")

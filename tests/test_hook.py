@@ -27,6 +27,7 @@ def setup(tmp_path, monkeypatch):
     return cfg, rt
 
 
+@pytest.mark.slow
 def test_a_pruned_seed_of_a_pack_stops_and_the_others_train_as_alone(setup, tmp_path):
     cfg, rt = setup
     seen = []
@@ -60,6 +61,7 @@ def test_a_pruned_seed_of_a_pack_stops_and_the_others_train_as_alone(setup, tmp_
     ]
 
 
+@pytest.mark.slow
 def test_a_stopped_single_run_records_its_state_and_report_reads_it(setup, tmp_path):
     cfg, rt = setup
     calls = []
@@ -88,6 +90,7 @@ def test_a_stopped_single_run_records_its_state_and_report_reads_it(setup, tmp_p
     ]
 
 
+@pytest.mark.slow
 def test_a_pack_resumed_after_a_crash_keeps_its_stopped_seed_stopped(setup, tmp_path, monkeypatch):
     """The pack's state records which seeds the hook stopped: after a crash, --resume goes
     on after the last epoch saved (not after the stopped seed's last epoch), never retrains

@@ -28,6 +28,7 @@ def test_config_parses_as_an_accelerate_config(path):
         assert cfg.mixed_precision == path.stem.rsplit("_", 1)[1]
 
 
+@pytest.mark.slow
 def test_cpu_config_launches_a_real_run(tiny_mnist, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     out = tmp_path / "run"

@@ -76,6 +76,7 @@ def assert_same_checkpoint(packed, separate) -> None:
         assert torch.allclose(a["ema"][key], value, atol=1e-8, rtol=0), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args",
     [
@@ -126,6 +127,7 @@ def test_packed_seeds_train_as_their_separate_runs(tmp_path, args):
     assert runs[0][0]["history"][-1]["train_loss"] != runs[1][0]["history"][-1]["train_loss"]
 
 
+@pytest.mark.slow
 def test_a_killed_pack_resumes_exactly(tmp_path):
     data = make_tiny_mnist(tmp_path / "data", n_train=1024, n_test=96)
     args = ("train", "--step", "step5", "--epochs", "3", "--train-limit", "1024",
@@ -150,6 +152,7 @@ def test_a_killed_pack_resumes_exactly(tmp_path):
         assert_same_history(read(part / b["trial_id"] / "result.json")["history"], b["history"])
 
 
+@pytest.mark.slow
 def test_seeds_write_normal_run_folders_that_report_groups(tiny_mnist, tmp_path):
     out = tmp_path / "p"
     args = ("train", "--step", "step5", "--seeds", "0-3", "--epochs", "1", "--train-limit",
@@ -184,6 +187,7 @@ def read_report(out):
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 def test_resume_trains_only_the_missing_seeds(tiny_mnist, tmp_path):
     out = tmp_path / "p"
     args = ("train", "--step", "step5", "--seeds", "0-2", "--epochs", "1", "--train-limit",
@@ -251,6 +255,7 @@ def test_bad_seed_packs_are_one_line(tiny_mnist, tmp_path, capsys, flags, fragme
     assert fragment in line
 
 
+@pytest.mark.slow
 def test_packing_refuses_several_processes(tiny_mnist, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
            "mnist_dist.train", "--seeds", "0-1", "--epochs", "1", "--train-limit", "64",

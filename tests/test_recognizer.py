@@ -157,6 +157,7 @@ def run_exported(path: Path, pixels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return model(pixels), json.loads(extra["mnist_dist.json"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("onnx", ".onnx")])
 def test_export_matches_the_pytorch_model_on_real_test_images(tiny_run, test_set, fmt, suffix):
     proc = run_cli("export", str(tiny_run), "--format", fmt)
@@ -222,6 +223,7 @@ def test_evaluate_scores_the_final_model_on_the_test_set(trained_run):
                            str(trained_run / "misclassified.png")]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_evaluate_writes_into_out_and_prints_per_class(tiny_run, tmp_path):
     data = tiny_run.parent / "data"  # the tiny set: 256 test images
     out = tmp_path / "ev"
@@ -284,6 +286,7 @@ def bad_cases(tmp: Path, run: Path):
     ]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_error(tiny_run, tmp_path, capsys):
     cases = bad_cases(tmp_path, tiny_run)
     for argv, fragments in cases:
@@ -297,6 +300,7 @@ def test_bad_input_is_one_line_error(tiny_run, tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_onnx_without_the_export_extra_says_how_to_install_it(tiny_run, tmp_path):
     hide = tmp_path / "hide"  # modules that fail to import, as when the extra is missing
     hide.mkdir()

@@ -208,6 +208,7 @@ def smoke_sweep(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_report_on_a_real_sweep_writes_markdown_and_plots(smoke_sweep, tmp_path):
     md, plots = tmp_path / "report.md", tmp_path / "plots"
     proc = run_cli(

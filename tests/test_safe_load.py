@@ -57,6 +57,7 @@ def commands(run: Path, data: Path) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_would_run_code_is_refused_by_every_command(old_run, tmp_path, capsys):
     marker = tmp_path / "pwned"
     (old_run / "result.json").unlink()  # so that train --resume reads the checkpoint
@@ -136,6 +137,7 @@ def test_a_checkpoint_written_before_the_change_loads_and_answers_as_before(old_
     assert [(r["digit"], r["top3"]) for r in got] == [(r["digit"], r["top3"]) for r in want]
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_old_checkpoint_matches_its_output_then(old_run, tmp_path, capsys):
     from mnist_dist.cli import main
 

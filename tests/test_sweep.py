@@ -92,6 +92,7 @@ def test_missing_file(tmp_path):
     assert_one_line_error(proc, "nope.toml", "not found")
 
 
+@pytest.mark.slow
 def test_over_ten_thousand_trials_needs_yes(tmp_path):
     f = write_sweep(tmp_path / "big.toml", f"[grid]\nseed = {list(range(10_001))}\n")
     out = tmp_path / "out"
@@ -165,6 +166,7 @@ def test_default_dir_comes_from_sweep_name(tmp_path):
     assert str(Path("runs") / "sweeps" / "smoke") in proc.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     """One trial fails (corrupt checkpoint); the other finishes; a rerun redoes only it."""
     f = write_sweep(tmp_path / "s.toml", TINY)
@@ -206,6 +208,7 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     assert run_cli("status", str(out), "--check").returncode == 0
 
 
+@pytest.mark.slow
 def test_a_second_sweep_command_waits_for_the_folder_lock(tmp_path, tiny_mnist):
     """Two reruns of one folder never decide on the same trials at once."""
     from filelock import FileLock
@@ -274,6 +277,7 @@ def test_debug_cluster_refuses_a_mixed_precision_grid(tmp_path, tiny_mnist):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_pack_seeds_trains_each_configs_seeds_in_packs(tmp_path, tiny_mnist):
     """pack_seeds = 2 over seeds 0-2: packs [0, 1] and [2], recorded; reruns keep them."""
     body = TINY.replace("seed = [0, 1]", "seed = [2, 0, 1]") + "pack_seeds = 2\n"
@@ -307,6 +311,7 @@ def test_pack_seeds_refuses_several_processes_per_trial(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_local_two_tasks_over_gloo(tmp_path, tiny_mnist):
     """tasks_per_node = 2: submitit's TorchDistributedEnvironment -> Accelerate MULTI_CPU."""
     body = TINY.replace("seed = [0, 1]", "seed = [0]") + "tasks_per_node = 2\n"
@@ -321,6 +326,7 @@ def test_local_two_tasks_over_gloo(tmp_path, tiny_mnist):
     assert result["world_size"] == 2 and result["test_images"] == 256
 
 
+@pytest.mark.slow
 def test_debug_cluster_runs_in_process(tmp_path, tiny_mnist):
     body = TINY.replace("seed = [0, 1]", "seed = [3]")
     f = write_sweep(tmp_path / "s.toml", body, name="dbg")
@@ -411,6 +417,7 @@ def test_bad_set_is_one_line_error_and_writes_nothing(tmp_path, capsys, sets, fr
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_rerun_with_other_overrides_adds_its_trials_to_the_record(tmp_path, tiny_mnist):
     """Earlier trials stay in sweep.json (after this run's), and status and report see them."""
     f = write_sweep(tmp_path / "s.toml", TINY.replace("seed = [0, 1]", "seed = [0]"), name="acc")

@@ -33,6 +33,7 @@ def smoke_run(data, tmp_path, *flags):
     return read(out / "result.json"), proc, out
 
 
+@pytest.mark.slow
 def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
     result, _, out = smoke_run(tiny_mnist, tmp_path, "--step", "step4", *SMOKE)
     config = read(out / "config.json")
@@ -92,6 +93,7 @@ def test_torchrun_two_processes_share_the_work(real_mnist, tmp_path):
 RESUME_KEYS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     """The one real SIGKILL: a process killed after its first checkpoint resumes to the
     uninterrupted history. --lr-step 1: the LR decays at the resume boundary, so the
@@ -126,6 +128,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     assert b["wall_seconds"] >= b["train_seconds"] == sum(h["seconds"] for h in b["history"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, keys",
     [
@@ -172,6 +175,7 @@ def test_resume_after_a_failed_save_matches_an_uninterrupted_run(tmp_path, monke
     ]
 
 
+@pytest.mark.slow
 def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, tmp_path):
     ema = ("--ema-decay", "0.5", "--headline", "ema", "--val-split", "64")
     r, _, out = smoke_run(tiny_mnist, tmp_path, *SMOKE, "--epochs", "2", *ema)
@@ -190,6 +194,7 @@ def test_ema_reports_both_weights_and_the_recipe_names_the_headline(tiny_mnist, 
     assert not torch.equal(headline_weights(ckpt)["0.weight"], ckpt["model"]["0.weight"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "flags",
     [
@@ -252,6 +257,7 @@ def test_onecycle_warms_up_for_pct_start_and_ends_at_the_final_lr():
     assert lrs[62] == pytest.approx((0.05 + 0.001) / 2, rel=0.02)  # linear, halfway down
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["never", "final"])
 def test_tuning_runs_never_score_the_test_set(tiny_mnist, tmp_path, mode):
     flags = ("--epochs", "2", "--val-split", "64", "--test-eval", mode)
@@ -266,6 +272,7 @@ def test_tuning_runs_never_score_the_test_set(tiny_mnist, tmp_path, mode):
         assert r["final_test_acc"] == r["history"][-1]["test_acc"] and r["test_images"] == 256
 
 
+@pytest.mark.slow
 def test_a_timing_run_that_scores_nothing_ends_cleanly(tiny_mnist, tmp_path):
     """--test-eval never without --val-split (a timing run) trains, writes, exits 0."""
     r, proc, _ = smoke_run(tiny_mnist, tmp_path, *SMOKE, "--test-eval", "never")
@@ -273,6 +280,7 @@ def test_a_timing_run_that_scores_nothing_ends_cleanly(tiny_mnist, tmp_path):
     assert "nothing scored" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_fresh_run_never_overwrites_a_finished_one(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     args = ("train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(out))
@@ -309,6 +317,7 @@ def assert_clean_launcher_failure(proc, fragment: str) -> None:
     assert "mnist_dist/" not in proc.stderr, proc.stderr  # no frame of ours in any traceback
 
 
+@pytest.mark.slow
 def test_more_processes_than_training_images_is_one_line(tiny_mnist, tmp_path):
     proc = torchrun("--train-limit", "1", "--epochs", "1", "--data-dir", str(tiny_mnist),
                     "--out", str(tmp_path / "r"))  # fmt: skip
@@ -316,6 +325,7 @@ def test_more_processes_than_training_images_is_one_line(tiny_mnist, tmp_path):
     assert not (tmp_path / "r" / "result.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_another_world_size_is_refused(tiny_mnist, tmp_path):
     out = tmp_path / "run"
     args = (
@@ -334,6 +344,7 @@ def test_resume_with_another_world_size_is_refused(tiny_mnist, tmp_path):
     assert_clean_launcher_failure(proc, "written by 1 process(es), this run has 2")
 
 
+@pytest.mark.slow
 def test_two_processes_at_batch_32_train_as_one_at_batch_64(tiny_mnist, tmp_path):
     """DDP is the same training: rank r takes positions r, r+2, ... of the same permutation,
     and the gradients are averaged. step2 has no BatchNorm (whose batch statistics are per
@@ -354,6 +365,7 @@ def test_two_processes_at_batch_32_train_as_one_at_batch_64(tiny_mnist, tmp_path
     assert a["history"][0]["train_loss"] != a["history"][1]["train_loss"]  # it trained
 
 
+@pytest.mark.slow
 def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
     result, _, _ = smoke_run(tiny_mnist, tmp_path, *SMOKE, "--mixed-precision", "bf16")
     assert result["mixed_precision"] == "bf16" and result["compute_dtype"] == "bfloat16"
@@ -386,6 +398,7 @@ def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, capsys, args, 
     assert all(f in line for f in fragments), line
 
 
+@pytest.mark.slow
 def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train images
     """OneCycle steps per batch (LR up, then down); the held-out tail is scored, not trained."""
     args = ("--epochs", "3", "--scheduler", "onecycle", "--lr", "0.05", "--val-split", "128")
@@ -400,6 +413,7 @@ def test_onecycle_with_a_validation_split(tiny_mnist, tmp_path):  # 512 train im
     assert "val acc" in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", list(NEW_PARAMS))
 def test_new_steps_train_with_their_registered_recipe(tiny_mnist, tmp_path, step):
     """CPU smoke run of each step beyond the study, through the CLI, recipe untouched."""
@@ -419,6 +433,7 @@ def test_missing_data_folder_names_the_files_and_the_flag(tmp_path):
     assert_one_line_error(proc, "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir")
 
 
+@pytest.mark.slow
 def test_corrupted_data_file_is_named(tiny_mnist, tmp_path):
     labels = tiny_mnist / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     labels.write_bytes(b"\x00\x00\x08\x01" + labels.read_bytes()[4:-3])

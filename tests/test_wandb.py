@@ -103,6 +103,7 @@ def train_args(data: Path, out: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wandb_had", [1, 0], ids=["preempted-in-epoch-2", "preempted-before-log"])
 def test_offline_run_carries_group_config_tags_summary_and_resumes(
     tiny_mnist, tmp_path, wandb_env, wandb_had
@@ -179,6 +180,7 @@ def closed_port() -> int:
         return s.getsockname()[1]  # closed again on exit: connections are refused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", ["no key", "server unreachable"])
 def test_broken_wandb_warns_once_and_training_completes(tiny_mnist, tmp_path, wandb_env, broken):
     env = dict(wandb_env, WANDB_MODE="online")
