@@ -18,7 +18,7 @@ from mnist_dist.training.runinfo import cpu_model
 from .conftest import assert_one_line_error, cli_error, run_cli
 
 # Tiny timings: the fields and ratios are what is checked, not the speed.
-QUICK = ("--steps", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--cpu")
+QUICK = ("--iters", "2", "--warmup", "1", "--repeats", "2", "--threads", "1", "--cpu")
 
 
 @pytest.mark.slow
@@ -74,7 +74,8 @@ def test_bench_variants_time_compute_in_both_memory_formats(tiny_mnist):
 @pytest.mark.parametrize(
     "flags, fragment",
     [
-        (("--steps", "0"), "--steps must be at least 1"),
+        (("--iters", "0"), "--iters must be at least 1"),
+        (("--steps", "0"), "--iters must be at least 1"),  # its old name still parses
         (("--repeats", "0"), "--repeats must be at least 1"),
         (("--batch-size", "0"), "--batch-size must be at least 1"),
         (("--step", "step9"), "unknown step 'step9'"),

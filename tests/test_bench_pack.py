@@ -15,7 +15,7 @@ from torch import nn
 from mnist_dist.bench.pack import layouts, markdown, parse_packs, print_packs
 from mnist_dist.config import Runtime, TrainConfig
 from mnist_dist.errors import UserError
-from mnist_dist.training import steps
+from mnist_dist.training import updates
 from mnist_dist.training.runinfo import cpu_model
 
 from .conftest import cli_error, run_cli
@@ -53,11 +53,11 @@ def test_pack_bench_times_every_layout_in_fp32_and_bf16(tiny_mnist, capsys, tmp_
             assert m["vs_separate"] == pytest.approx(m["seed_images_per_s"] / base)
             # what was timed: the trainer's own step, on a grouped net of N seeds for a pack
             if pack:
-                assert m["timed"] == "mnist_dist.training.steps.packed_train_step"
+                assert m["timed"] == "mnist_dist.training.updates.pack_update"
                 assert m["conv_groups"] == [pack]
             else:
                 assert (m["timed"], m["conv_groups"]) == (
-                    "mnist_dist.training.steps.train_step",
+                    "mnist_dist.training.updates.seed_update",
                     [1],
                 )
             want = "bfloat16" if row["precision"] == "bf16" else "float32"
@@ -103,13 +103,13 @@ def test_a_pack_loop_is_the_packed_trainers_step_on_each_seeds_own_batches(
     from mnist_dist.training.setup import build_net, load_data
 
     calls = []
-    real = steps.packed_train_step
+    real = updates.pack_update
 
     def spy(model, optimizer, acc, x, y, cfg, sums):  # records, then runs the real step
         calls.append((model, x.clone(), y.clone()))
         return real(model, optimizer, acc, x, y, cfg, sums)
 
-    monkeypatch.setattr(steps, "packed_train_step", spy)
+    monkeypatch.setattr(updates, "pack_update", spy)
     data = load_mnist(tiny_mnist, download=False)
     loop = build_loop("step4", "fp32", 3, 5, data, accelerator, batch_size=16)  # seeds 5-7
     cfgs = [TrainConfig(step="step4", batch_size=16, seed=s).resolve() for s in (5, 6, 7)]
@@ -129,7 +129,7 @@ def test_a_pack_loop_is_the_packed_trainers_step_on_each_seeds_own_batches(
         xb, yb = next(load_data(cfg, Runtime(cpu=True), accelerator, data)[2].epoch(0))
         assert torch.equal(x[:, n : n + 1], xb) and torch.equal(y[:, n], yb)
     plain = build_loop("step4", "fp32", 0, 5, data, accelerator, batch_size=16)
-    assert plain.timed == "mnist_dist.training.steps.train_step" and plain.run() == 16
+    assert plain.timed == "mnist_dist.training.updates.seed_update" and plain.run() == 16
     assert len(calls) == 1  # a separate run never goes through the packed step
 
 
@@ -151,7 +151,7 @@ def test_pack_sizes_and_layouts():
         (("--pack", "x"), "--pack takes whole numbers of seeds, e.g. --pack 4,8,16; got 'x'"),
         (("--pack", "4,-2"), "at least 1 seed, got -2"),
         (("--pack", "4", "--threads", "1"), "W must be at least 2, got 1"),
-        (("--pack", "4", "--steps", "10"), "not --steps"),
+        (("--pack", "4", "--iters", "10"), "not --iters"),
         (("--pack", "4", "--window", "0"), "--window must be a positive number"),
         (("--pack", "4", "--mixed-precision", "bf16"), "leave out --mixed-precision"),
         (("--pack", "4", "--compile"), "--compile does not go with --pack"),

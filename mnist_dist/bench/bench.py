@@ -1,10 +1,10 @@
 """Time the origin pipeline, our trainer's step and pure compute, side by side.
 
     mnist-dist bench --step step4 --json
-    mnist-dist bench --step step4 --batch-size 64 --steps 100 --repeats 5
+    mnist-dist bench --step step4 --batch-size 64 --iters 100 --repeats 5
     mnist-dist bench --time-to-target --step step4 --seed 0 --out runs/bench/ttt-s4
     mnist-dist bench --time-to-target --result runs/s4/result.json   # bench/ttt.py
-    mnist-dist bench --variants --compile --steps 100 --repeats 5
+    mnist-dist bench --variants --compile --iters 100 --repeats 5
     mnist-dist bench --table results/bench/raw/cpu-step*.json   # any --json runs, reprinted
     mnist-dist bench --all-steps --json     # every step: origin, fp32, bf16 (bench/steps.py)
     mnist-dist bench --pack 4,8,16 --step step5  # packs vs separate runs (bench/pack.py)
@@ -17,9 +17,11 @@ One run builds the same model at the same batch size three times and times:
              same step as the trainer (``training.loop``): Accelerate, channels_last, SGD momentum;
 (c) compute: (b)'s step on one fixed batch, so (b) - (c) is the data pipeline's cost.
 
-Each is warmed up (worker start, torch.compile, allocator), then timed for ``--steps``
-steps; ``--repeats`` rounds interleave a, b, c so that load from other processes hits all
-three alike, and the median round is reported. On CUDA the clock reads after a
+Each is warmed up (worker start, torch.compile, allocator), then timed for ``--iters``
+optimizer updates (``--steps``, its old name, still works; the JSON keeps ``steps`` and
+``ms_per_step``; a "step" is otherwise always a registered model). ``--repeats`` rounds
+interleave a, b, c so that load from other processes hits all three alike, and the median
+round is reported. On CUDA the clock reads after a
 ``torch.cuda.synchronize()``; the hot loops themselves never sync.
 """
 
@@ -38,7 +40,7 @@ from ..config import MIXED_PRECISION, RECIPES, TARGET_ACC, TrainConfig
 from ..data import TrainBatches, load_mnist
 from ..errors import ArgumentParser, UserError, cli_errors
 from ..training.runinfo import contention_lines, cpu_threads, load_avg, machine_facts
-from .timing import STEPS, forever, measure, origin_loader, origin_step, our_step
+from .timing import ITERS, forever, measure, origin_loader, origin_loop, our_loop
 
 
 def run_bench(args) -> dict:
@@ -59,8 +61,8 @@ def run_bench(args) -> dict:
     ours = TrainBatches(data.train_x, data.train_y, bs, seed=0)
     if args.variants:  # compute alone: eager (and compiled) x NCHW and channels_last
         first = next(ours.epoch(0))
-        steps = {
-            f"{'compile' if c else 'eager'} {'channels_last' if cl else 'nchw'}": our_step(
+        loops = {
+            f"{'compile' if c else 'eager'} {'channels_last' if cl else 'nchw'}": our_loop(
                 cfg.step, accelerator, iter([first]), cfg.lr, cl, c, fixed=True
             )
             for c in ((False, True) if args.compile else (False,))
@@ -69,12 +71,12 @@ def run_bench(args) -> dict:
     else:
         loader = origin_loader(args.data_dir, bs, args.workers, pin=device.type == "cuda")
         mk = dict(lr=cfg.lr, channels_last=args.channels_last, compile_=args.compile)
-        steps = {
-            "origin": origin_step(cfg.step, loader, device, cfg.lr),
-            "ours": our_step(cfg.step, accelerator, forever(ours.epoch), **mk),
-            "compute": our_step(cfg.step, accelerator, ours.epoch(0), fixed=True, **mk),
+        loops = {
+            "origin": origin_loop(cfg.step, loader, device, cfg.lr),
+            "ours": our_loop(cfg.step, accelerator, forever(ours.epoch), **mk),
+            "compute": our_loop(cfg.step, accelerator, ours.epoch(0), fixed=True, **mk),
         }
-    res = measure(steps, device, args.steps, args.warmup, args.repeats)
+    res = measure(loops, device, args.iters, args.warmup, args.repeats)
     n_train = len(data.train_x)
     for r in res.values():  # one pass over the training set at this rate, seconds
         r["epoch_seconds"] = n_train / r["images_per_s"]
@@ -93,7 +95,7 @@ def run_bench(args) -> dict:
         channels_last=args.channels_last,
         compile=args.compile,
         mixed_precision=args.mixed_precision,
-        steps=args.steps,
+        steps=args.iters,
         warmup=args.warmup,
         repeats=args.repeats,
         train_images=n_train,
@@ -104,7 +106,7 @@ def run_bench(args) -> dict:
 def print_bench(r: dict) -> None:
     print(
         f"bench {r['step']}, batch {r['batch_size']}, {r['device']}, {r['threads']} threads, "
-        f"{r['steps']} steps x {r['repeats']} rounds (median), warm-up {r['warmup']}"
+        f"{r['steps']} updates x {r['repeats']} rounds (median), warm-up {r['warmup']}"
     )
     print("\n".join(contention_lines(r)))
     print(f"{'':12} {'ms/step':>8} {'images/s':>9} {'epoch s':>8}")
@@ -190,8 +192,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add = p.add_argument
     add("--step", default="step4", help="registered model, see `mnist-dist models`")
     add("--batch-size", type=int, help="default: the step's recipe (64 for step3/4)")
-    add("--steps", type=int, help=f"timed steps per round (default {STEPS})")
-    add("--warmup", type=int, default=5, help="untimed steps before each round")
+    add("--iters", "--steps", type=int, dest="iters",
+        help=f"timed optimizer updates per round (default {ITERS}; --steps: old name)")  # fmt: skip
+    add("--warmup", type=int, default=5, help="untimed updates before each round")
     add("--repeats", type=int, default=3, help="rounds; the median is reported")
     add("--workers", type=int, default=2, help="origin DataLoader workers")
     add("--threads", type=int, help="torch threads (default: all cores); --pack: W, default 2")
@@ -222,7 +225,7 @@ def bench_main(
     args = build_parser(prog).parse_args(argv)
     if args.step not in RECIPES:
         TrainConfig(step=args.step).resolve()  # raises the one-line unknown-step error
-    for flag, low in (("steps", 1), ("warmup", 0), ("repeats", 1), ("workers", 0)):
+    for flag, low in (("iters", 1), ("warmup", 0), ("repeats", 1), ("workers", 0)):
         if getattr(args, flag) is not None and getattr(args, flag) < low:
             raise UserError(f"--{flag} must be at least {low}, got {getattr(args, flag)}")
     for flag in ("threads", "batch_size"):
@@ -231,8 +234,8 @@ def bench_main(
             raise UserError(f"{name} must be at least 1, got {getattr(args, flag)}")
     if args.pack is None and args.window is not None:
         raise UserError("--window goes with --pack (the seconds timed per layout)")
-    if args.pack is None and args.steps is None:
-        args.steps = STEPS
+    if args.pack is None and args.iters is None:
+        args.iters = ITERS
     if args.pack is not None:
         from .pack import print_packs, run_packs
 

@@ -7,9 +7,9 @@ Which way of spending W cores (``--threads W``, default 2) trains the most seed-
 second? For each step (``--step``, ``--step-list`` or ``--all-steps``), in fp32 and in bf16,
 one run times these layouts, ``PxT`` meaning P processes side by side, T torch threads each:
 
-    separate Wx1, separate 1xW   the trainer's step (``training.steps.train_step``) on one seed's
-                                 own batches, in each process
-    packN Wx1, packN 1xW         the packed trainer's step (``training.steps.packed_train_step``)
+    separate Wx1, separate 1xW   the trainer's update (``training.updates.seed_update``)
+                                 on one seed's own batches, in each process
+    packN Wx1, packN 1xW         the packed trainer's update (``training.updates.pack_update``)
                                  on a grouped network of N seeds, fed as ``train --seeds``
                                  feeds it, in each process
 
@@ -74,8 +74,8 @@ def check_args(args) -> tuple[list[int], list[str], int, float]:
             raise UserError(f"{name} does not go with --pack; run it apart")
     if args.mixed_precision != "no":
         raise UserError("--pack times fp32 and bf16 side by side; leave out --mixed-precision")
-    if args.steps is not None:
-        raise UserError("--pack times a wall-clock --window (seconds) per layout, not --steps")
+    if args.iters is not None:
+        raise UserError("--pack times a wall-clock --window (seconds) per layout, not --iters")
     window = WINDOW_S if args.window is None else args.window
     if not (math.isfinite(window) and window > 0):
         raise UserError(f"--window must be a positive number of seconds, got {args.window}")

@@ -1,11 +1,11 @@
 """``mnist-dist bench --all-steps``: every step, origin vs ours in fp32 and in bf16, one run.
 
     mnist-dist bench --all-steps --json > results/bench/raw/all-steps.json
-    mnist-dist bench --step-list step3,step4 --steps 100 --repeats 5
+    mnist-dist bench --step-list step3,step4 --iters 100 --repeats 5
 
 Per step, at its recipe's batch size (or ``--batch-size``), three loops are timed:
-``origin`` (``bench.origin_step``: PIL transforms, a worker DataLoader, NCHW fp32), and our
-training step (``bench.our_step``) in ``fp32`` and in ``bf16`` (bf16 autocast on the forward,
+``origin`` (``bench.origin_loop``: PIL transforms, a worker DataLoader, NCHW fp32), and our
+training step (``bench.our_loop``) in ``fp32`` and in ``bf16`` (bf16 autocast on the forward,
 as ``--mixed-precision bf16`` trains). Every loop of every step is warmed up, then each of
 ``--repeats`` rounds times all of them in turn, so that load from other processes hits every
 cell alike and the ratios come from one run; the median round is reported. The JSON records
@@ -22,7 +22,7 @@ from ..config import RECIPES, TrainConfig
 from ..data import TrainBatches, load_mnist
 from ..errors import UserError
 from ..training.runinfo import contention_lines, cpu_threads, load_avg, machine_facts
-from .timing import forever, measure, origin_loader, origin_step, our_step
+from .timing import forever, measure, origin_loader, origin_loop, our_loop
 
 LOOPS = ("origin", "fp32", "bf16")
 
@@ -64,7 +64,7 @@ def run_all(args) -> dict:
         raise UserError("this GPU has no bf16: time fp32 alone with `mnist-dist bench --step S`")
     threads = args.threads or cpu_threads()
     torch.set_num_threads(threads)
-    # fp32 accelerator; our_step(bf16=True) adds the bf16 autocast Accelerate would.
+    # fp32 accelerator; our_loop(bf16=True) adds the bf16 autocast Accelerate would.
     accelerator = Accelerator(mixed_precision="no", cpu=not cuda)
     device = accelerator.device
     load_before = load_avg()
@@ -75,9 +75,9 @@ def run_all(args) -> dict:
         batch[step] = cfg.batch_size
         ours = TrainBatches(data.train_x, data.train_y, cfg.batch_size, seed=0)
         loader = origin_loader(args.data_dir, cfg.batch_size, args.workers, device.type == "cuda")
-        loops[f"{step} origin"] = origin_step(step, loader, device, cfg.lr)
+        loops[f"{step} origin"] = origin_loop(step, loader, device, cfg.lr)
         for precision in ("fp32", "bf16"):
-            loops[f"{step} {precision}"] = our_step(
+            loops[f"{step} {precision}"] = our_loop(
                 step,
                 accelerator,
                 forever(ours.epoch),
@@ -86,7 +86,7 @@ def run_all(args) -> dict:
                 args.compile,
                 bf16=precision == "bf16",
             )
-    res = measure(loops, device, args.steps, args.warmup, args.repeats)
+    res = measure(loops, device, args.iters, args.warmup, args.repeats)
     n_train = len(data.train_x)
     rows = []
     for step in steps:
@@ -108,7 +108,7 @@ def run_all(args) -> dict:
         per_step=rows,
         **machine_facts(device, load_before),
         threads=threads,
-        steps=args.steps,
+        steps=args.iters,
         warmup=args.warmup,
         repeats=args.repeats,
         origin_workers=args.workers,
@@ -138,7 +138,7 @@ def print_all(r: dict) -> None:
     where = r["device_name"] or r["cpu_model"]
     print(
         f"bench all steps on {r['device']} ({where}), {r['threads']} threads: origin, fp32 and "
-        f"bf16 interleaved, {r['steps']} steps x {r['repeats']} rounds (median), "
+        f"bf16 interleaved, {r['steps']} updates x {r['repeats']} rounds (median), "
         f"warm-up {r['warmup']}"
     )
     print("\n".join(contention_lines(r)))

@@ -1,5 +1,5 @@
-"""The timed steps and the clock shared by every bench mode: the origin pipeline's step,
-our trainer's step, and ``measure``, which interleaves them round by round."""
+"""The timed loops and the clock shared by every bench mode: the origin pipeline's update,
+our trainer's update, and ``measure``, which interleaves them round by round."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from ..config import TrainConfig
 from ..data import MEAN, STD, default_data_dir
 from ..models import build_model
 from ..training.setup import DtypeProbe, compile_model
-from ..training.steps import train_step
+from ..training.updates import seed_update
 
-Step = Callable[[], int]  # runs one training step, returns the images it trained on
-STEPS = 50  # default --steps: timed steps per round (--pack times a --window instead)
+Timed = Callable[[], int]  # runs one optimizer update, returns the images it trained on
+ITERS = 50  # default --iters: timed updates per round (--pack times a --window instead)
 
 
 def origin_loader(data_dir: str | None, batch_size: int, workers: int, pin: bool):
@@ -48,7 +48,7 @@ def forever(epochs: Callable[[int], Iterator]) -> Iterator:
         epoch += 1
 
 
-def origin_step(step: str, loader, device, lr: float) -> Step:
+def origin_loop(step: str, loader, device, lr: float) -> Timed:
     torch.manual_seed(0)
     model = build_model(step).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -65,10 +65,10 @@ def origin_step(step: str, loader, device, lr: float) -> Step:
     return run
 
 
-def our_step(
+def our_loop(
     step, accelerator, batches: Iterator, lr, channels_last, compile_, fixed=False, bf16=False
 ):
-    """the trainer's hot-loop step (``train_step``) on ``batches`` (or one fixed batch).
+    """the trainer's hot-loop update (``seed_update``) on ``batches`` (or one fixed batch).
     ``bf16``: the forward under bf16 autocast (``bf16_forward``); ``run.compute_dtype``: what
     the first convolution computed in."""
     cfg = TrainConfig(step=step, channels_last=channels_last).resolve()
@@ -92,7 +92,7 @@ def our_step(
 
     def run() -> int:
         xb, yb = first if fixed else next(batches)
-        train_step(model, opt, accelerator, xb, yb, cfg, sums)
+        seed_update(model, opt, accelerator, xb, yb, cfg, sums)
         return len(yb)
 
     run.compute_dtype = probe.dtype
@@ -114,14 +114,14 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(steps: dict[str, Step], device, n: int, warmup: int, repeats: int) -> dict:
-    """Median over ``repeats`` interleaved rounds of ``n`` timed steps, after warm-up."""
-    for run in steps.values():  # first warm-up: worker start, compilation, allocator
+def measure(loops: dict[str, Timed], device, n: int, warmup: int, repeats: int) -> dict:
+    """Median over ``repeats`` interleaved rounds of ``n`` timed updates, after warm-up."""
+    for run in loops.values():  # first warm-up: worker start, compilation, allocator
         for _ in range(warmup):
             run()
-    rounds: dict[str, list[tuple[float, int]]] = {name: [] for name in steps}
+    rounds: dict[str, list[tuple[float, int]]] = {name: [] for name in loops}
     for _ in range(repeats):
-        for name, run in steps.items():
+        for name, run in loops.items():
             # Re-warm: the origin's workers filled their prefetch queue (2 per worker)
             # while the others ran; draining it first keeps that idle work out of the clock.
             for _ in range(warmup):

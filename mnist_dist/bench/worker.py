@@ -7,15 +7,15 @@ It reads one JSON command per line on stdin and answers each with one JSON line 
 
     {"op": "init", "index": 0, "data_dir": null, "batch_size": null, "channels_last": true}
     {"op": "warm", "step": "step4", "precision": "bf16", "pack": 8, "threads": 1, "warmup": 5}
-      -> {"timed": "mnist_dist.training.steps.packed_train_step", "conv_groups": [8],
+      -> {"timed": "mnist_dist.training.updates.pack_update", "conv_groups": [8],
           "compute_dtype": "bfloat16"}
     {"op": "run", "until": 1234.5}    # a time.monotonic() deadline, shared by the processes
       -> {"images": 4096, "steps": 8, "seconds": 5.02}  (images: seed-images)
 
 ``warm`` builds a loop once per (step, precision, pack), from the trainer's own parts, then
 runs ``warmup`` untimed steps at ``threads`` torch threads. ``pack`` 0 is a separate run:
-``training.steps.train_step`` on one seed's ``TrainBatches``. ``pack`` N is the packed
-trainer's step, ``training.steps.packed_train_step``, on ``pack_model``'s grouped network
+``training.updates.seed_update`` on one seed's ``TrainBatches``. ``pack`` N is the packed
+trainer's update, ``training.updates.pack_update``, on ``pack_model``'s grouped network
 of N seeds, fed by ``training.packed.packed_batches`` (one batch of each seed,
 concatenated on dim 1) as the trainer's loop feeds it. Worker i trains seeds i*N ..
 i*N+N-1 (a separate run: seed i), so side by side processes never train the same seed. A
@@ -41,7 +41,7 @@ from torch import nn
 from ..config import Runtime, TrainConfig
 from ..data import MNISTData, load_mnist
 from ..errors import UserError
-from ..training import packed, steps
+from ..training import packed, updates
 from ..training import setup as trainer
 from .timing import bf16_forward, forever
 
@@ -77,10 +77,10 @@ def build_loop(step: str, precision: str, pack: int, first_seed: int, data: MNIS
     count = (pack, 2) if pack else (2,)
     sums = torch.zeros(*count, device=accelerator.device, dtype=torch.float64)
     if pack:
-        step_fn = steps.packed_train_step
+        step_fn = updates.pack_update
         feed = forever(lambda epoch: packed.packed_batches(batches, epoch))
     else:
-        step_fn, feed = steps.train_step, forever(batches[0].epoch)
+        step_fn, feed = updates.seed_update, forever(batches[0].epoch)
     cfg = cfgs[0]
 
     def run() -> int:

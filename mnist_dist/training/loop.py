@@ -115,7 +115,7 @@ def run_epoch(epoch: int, run: Run, active: list[int]) -> list[dict]:
         if main and rt.progress and not tty and time.perf_counter() - last_line > PROGRESS_EVERY_S:
             last_line = time.perf_counter()
             loss = sums[active, 0].mean().item() / seen
-            print(f"  epoch {epoch + 1} step {i}/{len(run.batches[0])}  loss {loss:.4f}  "
+            print(f"  epoch {epoch + 1} batch {i}/{len(run.batches[0])}  loss {loss:.4f}  "
                   f"{seen * count / (last_line - t0):,.0f} img/s", flush=True)  # fmt: skip
     if not run.per_batch:
         run.scheduler.step()

@@ -26,7 +26,7 @@ from ..rundir import CHECKPOINT, RESULT, read_checkpoint, save_checkpoint
 from .loop import EpochHook, fit, go_on, train
 from .packnet import load_seed, pack_model, seed_optimizer_state, seed_state
 from .setup import RUNNING, Run, finished_result, run_folder
-from .steps import packed_train_step
+from .updates import pack_update
 
 PACKS = ".packs"  # <out>/.packs/<config hash>-s<seeds>.pt: not a run folder, never a trial
 
@@ -85,7 +85,7 @@ class PackRun(Run):
         return packed_batches(self.batches, epoch)
 
     def step(self, x, y, sums, active: list[int]) -> None:
-        packed_train_step(self.model, self.optimizer, self.accelerator, x, y, self.cfg, sums,
+        pack_update(self.model, self.optimizer, self.accelerator, x, y, self.cfg, sums,
                           active if len(active) < len(self.cfgs) else None)  # fmt: skip
 
     def title(self) -> str:

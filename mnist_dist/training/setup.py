@@ -31,8 +31,8 @@ from ..rundir import (
     save_checkpoint,
 )
 from .runinfo import cpu_threads, git_commit, make_result, run_env
-from .steps import train_step
 from .tracking import Tracker
+from .updates import seed_update
 
 RUNNING = "running"  # a seed the loop still trains; the per-epoch hook may stop it
 
@@ -87,7 +87,7 @@ class Run:
         return self.batches[0].epoch(epoch)
 
     def step(self, x, y, sums, active: list[int]) -> None:
-        train_step(self.model, self.optimizer, self.accelerator, x, y, self.cfg, sums[0])
+        seed_update(self.model, self.optimizer, self.accelerator, x, y, self.cfg, sums[0])
 
     def restore(self, ckpt) -> tuple[list[list[dict]], float]:
         parts = (self.net, self.optimizer, self.scheduler, self.accelerator)

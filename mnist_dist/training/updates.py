@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from ..config import TrainConfig
 
 
-def train_step(model, optimizer, accelerator, xb, yb, cfg: TrainConfig, sums) -> None:
+def seed_update(model, optimizer, accelerator, xb, yb, cfg: TrainConfig, sums) -> None:
     """One optimizer step; adds (loss * batch, correct) into ``sums`` (2,) on the device.
 
     The hot loop's whole body, shared with ``mnist-dist bench``: no host sync in here.
@@ -34,7 +34,7 @@ def train_step(model, optimizer, accelerator, xb, yb, cfg: TrainConfig, sums) ->
     sums[1] += (logp.argmax(1) == yb).sum()
 
 
-def packed_train_step(model, optimizer, accelerator, x, y, cfg: TrainConfig, sums,
+def pack_update(model, optimizer, accelerator, x, y, cfg: TrainConfig, sums,
                       active: list[int] | None = None) -> None:  # fmt: skip
     """One step of every seed: the loss is the sum of each seed's mean loss, so each seed's
     gradient is its separate run's. ``sums`` (N, 2) gathers (loss * batch, correct).
