@@ -29,6 +29,8 @@ WANDB_STATE = "wandb_run.json"
 # The checkpoint's layout. Files written before the field existed are format 1 too; a
 # reader refuses a higher number (a newer mnist-dist) rather than misreading it.
 FORMAT = 1
+# result.json's state: "done", or why the trainer's per-epoch hook stopped the run early
+STOPPED = ("diverged", "pruned")
 # final_test_acc is None for a tuning run that never scored the test set (test_eval never)
 REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float, type(None)), "config": dict}
 
@@ -48,7 +50,7 @@ def read_result(path: Path) -> dict[str, Any]:
         raise ValueError("missing or bad 'history'")
     data.setdefault("epochs", len(data["history"]))
     data.setdefault("state", "done")  # written before the field existed: finished runs
-    if data["state"] not in ("done", "diverged", "pruned"):
+    if data["state"] not in ("done", *STOPPED):
         raise ValueError(f"unknown state {data['state']!r}")
     return data
 

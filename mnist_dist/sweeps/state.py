@@ -19,14 +19,12 @@ from typing import Any
 from ..config import TrainConfig
 from ..errors import UserError
 from ..fsio import write_json
-from ..rundir import CONFIG, ERROR, RESULT, error_line, read_result
+from ..rundir import CONFIG, ERROR, RESULT, STOPPED, error_line, read_result
 
 RECORD, LOCK = "sweep.json", ".sweep.lock"
-# "diverged" and "pruned": finished early, as the trainer's per-epoch hook decided
+# STOPPED ("diverged", "pruned"): finished early, as the trainer's per-epoch hook decided
 # (result.json's state); final, like done, so never resubmitted
-STATES = ("done", "diverged", "pruned", "running", "pending", "failed", "missing", "corrupt",
-          "unknown")  # fmt: skip
-STOPPED = ("diverged", "pruned")
+STATES = ("done", *STOPPED, "running", "pending", "failed", "missing", "corrupt", "unknown")
 SLURM_TIMEOUT_S = 20  # a healthy slurmctld answers in well under a second
 LIVE_STATES = {  # squeue state -> our state
     **dict.fromkeys(["PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD"], "pending"),

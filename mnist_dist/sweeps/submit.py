@@ -30,6 +30,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import ArgumentParser, UserError, cli_errors
+from ..rundir import STOPPED
 from .slurm import CLUSTERS, Trial, check_cluster, make_executor, submit_array
 from .spec import MAX_TRIALS, SweepSpec, load_sweep
 from .state import (
@@ -175,8 +176,8 @@ def plan(
     submitting it again could run it twice, so that stops the command instead.
     """
     rows = {r["trial_id"]: r for r in trial_states(out, record)}
-    skip = {"done": "skip (done)", "pending": "skip (queued)", "running": "skip (running)",
-            "diverged": "skip (diverged)", "pruned": "skip (pruned)"}  # fmt: skip
+    skip = {"done": "skip (done)", "pending": "skip (queued)", "running": "skip (running)"}
+    skip |= {state: f"skip ({state})" for state in STOPPED}
     actions = {t: skip.get(r["state"], "submit") for t, r in rows.items()}
     unknown = [t for t, r in rows.items() if r["state"] == "unknown"]
     if unknown:

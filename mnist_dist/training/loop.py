@@ -22,12 +22,12 @@ import torch.nn.functional as F
 
 from ..config import Runtime, TrainConfig
 from ..data import eval_batches
-from ..rundir import CHECKPOINT, RESULT, load_checkpoint
+from ..rundir import CHECKPOINT, RESULT, STOPPED, load_checkpoint
 from .setup import RUNNING, Run, finished_result, run_folder, seed_prefix
 
 PROGRESS_EVERY_S = 30.0  # non-TTY output (SLURM logs): a progress line this often, seconds
-GO_ON, DIVERGED, PRUNED = RUNNING, "diverged", "pruned"  # the per-epoch hook's answers
-ANSWERS = (GO_ON, DIVERGED, PRUNED)
+GO_ON, (DIVERGED, PRUNED) = RUNNING, STOPPED  # the per-epoch hook's answers
+ANSWERS = (GO_ON, *STOPPED)
 # (epoch, that epoch's row of each seed still training) -> one answer per row
 EpochHook = Callable[[int, list[dict[str, Any]]], list[str]]
 
