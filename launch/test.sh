@@ -22,5 +22,7 @@ fi
 export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_SILENT=true
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
-# The 15 slowest: CI must stay under 12 min. While editing: bash launch/test.sh -m "not slow"
-exec "$PY" -m pytest -q -ra --durations=15 "$@"
+# -n auto: a worker per core (pytest-xdist; tests/conftest.py pins each to its cores and
+# keeps tests that share a cluster or a trained run on one). The 15 slowest: CI must stay
+# under 12 min. While editing: bash launch/test.sh -m "not slow"
+exec "$PY" -m pytest -q -ra --durations=15 -n auto "$@"

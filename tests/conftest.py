@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ALL_CPUS = frozenset(os.sched_getaffinity(0))  # before a worker is pinned (pytest_configure)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -62,6 +63,45 @@ def real_mnist_root() -> Path:
 def real_mnist() -> Path:
     """The real MNIST root from MNIST_DATA_DIR; skipped (with the reason) when unset."""
     return real_mnist_root()
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (launch/test.sh runs -n auto), each worker gets CPUs of its own,
+    and the trainers it starts size their threads from them: two 2-thread trainers on 2
+    cores run several times slower than two 1-thread ones. The SLURM modules give their
+    cluster every CPU (own_cluster)."""
+    worker, count = (
+        os.environ.get("PYTEST_XDIST_WORKER"),
+        os.environ.get("PYTEST_XDIST_WORKER_COUNT"),
+    )
+    if worker and count and int(count) > 1:
+        cpus, index = sorted(ALL_CPUS), int(worker.removeprefix("gw"))
+        os.sched_setaffinity(0, cpus[index :: int(count)] or [cpus[index % len(cpus)]])
+
+
+# Test files whose tests share what they build, so one worker runs all of them: the SLURM
+# modules share munged and run one cluster at a time; the others build module fixtures
+# (test_recognizer, and one test_train test, read the session's real-MNIST run, trained
+# once: trained_step5).
+SHARED_SCOPES = {
+    "tests/test_slurm_cluster.py": "slurm",
+    "tests/test_multinode.py": "slurm",
+    "tests/test_recognizer.py": "recognizer",
+    "tests/test_report.py": "report",
+    "tests/test_train.py::test_training_learns_real_digits_with_a_wide_margin": "recognizer",
+}
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, the suite runs serially
+def pytest_xdist_make_scheduler(config, log):
+    """Every other test is a unit of its own, sent to whichever worker is free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_SCOPES.get(nodeid) or SHARED_SCOPES.get(nodeid.split("::")[0], nodeid)
+
+    return Scheduling(config, log)
 
 
 def pytest_collection_modifyitems(items):
@@ -172,6 +212,8 @@ def own_cluster(env: dict[str, str], *start_args: str):
     left there (the machine went down, or pytest was killed) never run ahead of the tests.
     Two test sessions at once on one machine would share it: run one at a time."""
     full = {**os.environ, **env}
+    pinned = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, ALL_CPUS)  # the daemons and their jobs: a machine of their own
     try:
         proc = local_slurm("start", "--fresh", *start_args, env=env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -188,3 +230,4 @@ def own_cluster(env: dict[str, str], *start_args: str):
                 subprocess.run(["scancel", *queue.stdout.split()], env=full)
                 time.sleep(2)
             local_slurm("stop", env=env)
+        os.sched_setaffinity(0, pinned)

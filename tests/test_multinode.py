@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -182,39 +181,6 @@ def test_sbatch_accelerate_cpu_mode_on_two_nodes(tmp_path, data_dir):
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 * procs and sorted(set(result["hosts"])) == NODES
     assert result["threads"] == max(1, cpus // procs)
-
-
-PREEMPT_EPOCHS = 3  # jobs/smoke_2node.toml's: the history must equal the uninterrupted run's
-
-
-def test_preempted_two_node_trial_resumes_to_the_uninterrupted_history(
-    tmp_path, data_dir, two_node
-):
-    out = tmp_path / "s"
-    args = ("sweep", TOML, "--cluster", "slurm", "--out", str(out), "--data-dir", str(data_dir))
-    proc = run_cli(*args)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    (job,) = json.loads((out / "sweep.json").read_text())["jobs"]
-    trial = out / job["trial_ids"][0]
-    deadline = time.time() + 300
-    while not (trial / "checkpoint.pt").is_file():  # epoch 1 is saved
-        assert time.time() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.2)
-    assert not (trial / "result.json").exists()
-    # What SLURM does on preemption: TERM, then USR2, to the tasks on both nodes.
-    slurm("scancel", "--signal", "TERM", job["job_id"])
-    slurm("scancel", "--signal", "USR2", job["job_id"])
-
-    proc = run_cli(*args, "--wait", "--poll", "1", timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "skip (" in proc.stdout  # the requeued job was still queued: not submitted twice
-    log = "".join(p.read_text() for p in (out / "logs" / job["job_id"]).glob("*.out"))
-    assert "Requeued job" in log and "resuming" in log and "after epoch" in log
-    result = json.loads((trial / "result.json").read_text())
-    assert sorted(result["hosts"]) == NODES
-    uninterrupted = two_node["result"]["history"]
-    assert len(result["history"]) == PREEMPT_EPOCHS
-    assert timeless(result["history"]) == timeless(uninterrupted)
 
 
 def test_stop_leaves_no_namespace_link_daemon_or_hosts_entry():
