@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,7 @@ HEADLINES = ("model", "ema")
 TEST_EVALS = ("every", "final", "never")
 ONECYCLE_ONLY = ("pct_start", "anneal", "final_lr")
 TARGET_ACC = 99.4  # percent: the study's goal
+SEED_MAX = 2**32 - 1  # numpy seeds the data order: seeds are 0 .. 2**32 - 1
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -240,8 +242,23 @@ class TrainConfig:
         return f"{self.step} ({', '.join(diff)})" if diff else self.step
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _check_ranges(cfg: TrainConfig) -> None:
-    """Recipe values that make no sense are one-line errors naming the flag."""
+    """Values that make no sense are one-line errors naming the flag, before anything is
+    written: a NaN passes every comparison, so finiteness is checked first."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{_flag(f.name)} must be a finite number, got {value}")
+    if not 0 <= cfg.seed <= SEED_MAX:
+        raise UserError(f"--seed must be in [0, {SEED_MAX}] (numpy's range), got {cfg.seed}")
+    if not 0 <= cfg.momentum < 1:
+        raise UserError(f"--momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.lr_gamma is not None and cfg.lr_gamma <= 0:
+        raise UserError(f"--lr-gamma must be above 0, got {cfg.lr_gamma}")
     ranges = dict(  # field: (low, high, closed at high)
         crop_p=(0.0, 1.0, True),
         translate=(0.0, 0.5, False),
@@ -259,8 +276,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
             raise UserError(
                 f"{flag} must be in [{low}, {high}{']' if closed else ')'}, got {value}"
             )
-    if cfg.rotate_deg < 0:
-        raise UserError(f"--rotate-deg must be at least 0, got {cfg.rotate_deg}")
+    if not 0 <= cfg.rotate_deg <= 180:
+        raise UserError(f"--rotate-deg must be in [0, 180] degrees, got {cfg.rotate_deg}")
     if cfg.final_lr is not None and not 0 < cfg.final_lr < cfg.lr:
         raise UserError(f"--final-lr must be above 0 and below --lr ({cfg.lr}), got {cfg.final_lr}")
     if cfg.nesterov and (cfg.optimizer != "sgd" or cfg.momentum <= 0):

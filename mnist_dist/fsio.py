@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,5 +46,22 @@ def write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
+def finite(data: Any) -> Any:
+    """``data`` with every NaN or infinite float as None: JSON has neither (a diverged
+    run's loss is ``null`` in result.json, never the ``NaN`` that strict parsers refuse)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite(value) for value in data]
+    return data
+
+
+def dumps(data: Any) -> str:
+    """Valid JSON, always (``allow_nan=False`` after ``finite``), indented for people."""
+    return json.dumps(finite(data), indent=2, allow_nan=False)
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, dumps(data) + "\n")

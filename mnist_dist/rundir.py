@@ -31,8 +31,17 @@ WANDB_STATE = "wandb_run.json"
 FORMAT = 1
 # result.json's state: "done", or why the trainer's per-epoch hook stopped the run early
 STOPPED = ("diverged", "pruned")
+# A seed that ends below this final accuracy (percent) collapsed: it learned nothing (chance
+# is 10%), a dead net rather than a bad recipe. It still counts in n; status, the report
+# and the plots name it, by this one rule (``collapsed``).
+COLLAPSED_BELOW = 20.0
 # final_test_acc is None for a tuning run that never scored the test set (test_eval never)
 REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float, type(None)), "config": dict}
+
+
+def collapsed(final_acc: float | None) -> bool:
+    """Whether a seed's final accuracy (percent) says it collapsed (COLLAPSED_BELOW)."""
+    return final_acc is not None and final_acc < COLLAPSED_BELOW
 
 
 def read_result(path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -13,7 +14,7 @@ from mnist_dist.config import Runtime, TrainConfig
 from mnist_dist.training import train, train_seeds
 from mnist_dist.training.loop import GO_ON, PRUNED
 
-from .conftest import make_tiny_mnist, run_cli
+from .conftest import make_tiny_mnist, run_cli, timeless
 from .test_pack import assert_same_history
 
 
@@ -128,3 +129,59 @@ def test_a_pack_resumed_after_a_crash_keeps_its_stopped_seed_stopped(setup, tmp_
     lone = dataclasses.replace(rt, out=str(tmp_path / "alone"))
     alone = train(dataclasses.replace(cfg, seed=1), lone)
     assert_same_history(results[1]["history"], alone["history"])
+
+
+def strict_json(path):
+    """json.loads refusing NaN and Infinity, as strict parsers (jq, JavaScript) do."""
+
+    def refuse(name):
+        raise ValueError(f"{path} holds {name}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.slow
+def test_a_loss_that_blows_up_stops_the_run_diverged_in_valid_json(setup, tmp_path, capsys):
+    cfg, rt = setup
+    out = tmp_path / "run"
+    train(dataclasses.replace(cfg, lr=1e10), dataclasses.replace(rt, out=str(out)))
+    (epoch,) = re.findall(r"stopped after epoch (\d): diverged \(training loss nan\)",
+                          capsys.readouterr().out)  # fmt: skip
+    result = strict_json(out / "result.json")
+    assert result["state"] == "diverged" and len(result["history"]) == int(epoch)  # no more
+    assert result["history"][-1]["train_loss"] is None  # NaN, written as null
+    assert all(row["train_loss"] is not None for row in result["history"][:-1])
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_diverged_seed_leaves_its_pack_mates_unchanged_bit_for_bit(tmp_path, monkeypatch):
+    """Seed 1's weights turn NaN in epoch 2: it stops there, diverged; seeds 0 and 2 end
+    exactly (float32, ==) as in the same pack where nothing went wrong."""
+    import torch
+
+    from mnist_dist.training.packed import PackRun
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = make_tiny_mnist(tmp_path / "data", n_train=256, n_test=64)
+    cfg = TrainConfig(step="step4", epochs=3, train_limit=192, eval_batch_size=64, lr_step=1)
+    rt = Runtime(data_dir=str(data), download=False, cpu=True, threads=1, progress=False,
+                 seeds=[0, 1, 2])  # fmt: skip
+    clean = train_seeds(cfg, dataclasses.replace(rt, out=str(tmp_path / "clean")))
+
+    real_step = PackRun.step
+
+    def poison_seed_1_in_epoch_2(run, x, y, sums, active):
+        if len(run.histories[1]) == 1:  # epoch 1 is done: seed 1's first weight goes NaN
+            weight = next(run.net.parameters())  # (3 seeds x out, in, k, k): grouped conv
+            with torch.no_grad():
+                weight[len(weight) // 3 : 2 * len(weight) // 3] = float("nan")
+        real_step(run, x, y, sums, active)
+
+    monkeypatch.setattr(PackRun, "step", poison_seed_1_in_epoch_2)
+    hit = train_seeds(cfg, dataclasses.replace(rt, out=str(tmp_path / "hit")))
+    assert hit[1]["state"] == "diverged" and len(hit[1]["history"]) == 2
+    assert strict_json(tmp_path / "hit" / hit[1]["trial_id"] / "result.json")["state"] == "diverged"
+    for s in (0, 2):
+        assert hit[s]["state"] == "done"
+        assert timeless(hit[s]["history"]) == timeless(clean[s]["history"])  # bit for bit

@@ -70,6 +70,31 @@ def test_one_seed_group_shows_no_ci_and_says_so(tmp_path):
     assert "n/a (n=1)" in table and "one seed has no variance" in table
 
 
+def test_collapsed_seeds_count_in_n_and_are_named_by_report_and_status(tmp_path, capsys):
+    """One rule (final accuracy below 20%): a dead seed stays in the statistics, and the
+    report and status say so, as the study's step1 seed 0 at 9.80% needs."""
+    from mnist_dist.cli import main
+
+    finals = ((0, 9.8), (1, 98.9), (2, 99.0))
+    results = [fake_result("step1", s, [a], params=100) for s, a in finals]
+    results.append(fake_result("step4", 0, [99.2], params=200))
+    root = write_sweep(tmp_path / "s", results)
+    main(["report", str(root), "--json"])
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert [(g["n"], g["n_collapsed"]) for g in groups] == [(3, 1), (1, 0)]
+    assert groups[0]["mean"] == pytest.approx((9.8 + 98.9 + 99.0) / 3)  # still in the mean
+    main(["report", str(root)])
+    table = capsys.readouterr().out
+    assert "3 (1 collapsed)" in table and "step1: 1 of 3 collapsed" in table
+    main(["status", str(root)])
+    rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
+    named = [ln.split()[0] for ln in rows if "(collapsed: below 20%)" in ln]
+    assert named == ["step1-s0-synthetic"]
+    main(["status", str(root), "--json"])
+    trials = json.loads(capsys.readouterr().out)["trials"]
+    assert [t["collapsed"] for t in trials] == [True, False, False, False]
+
+
 def test_works_on_any_folder_of_runs_and_by_never_pools_configs(tmp_path):
     """--by lr over step1 and step4: one lr value holds two configs, so two rows, named."""
     results = synthetic_results(seeds=2)

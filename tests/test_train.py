@@ -294,6 +294,29 @@ def test_a_fresh_run_never_overwrites_a_finished_one(tiny_mnist, tmp_path):
     assert_one_line_error(other, "different config")
 
 
+def test_an_unfinished_run_is_continued_only_with_resume(tiny_mnist, tmp_path, capsys):
+    """A folder a killed run left (config and checkpoint, no result.json), or a pack's state:
+    without --resume, train refuses in one line and changes nothing there."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"step": "step4"}')
+    (run / "checkpoint.pt").write_bytes(b"epoch 3 of another config")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    line = cli_error(capsys, "train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(run))
+    assert "holds an unfinished run" in line and "--resume" in line and "new --out" in line
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+    packs = tmp_path / "packs"
+    cfg = TrainConfig(step="step4", epochs=1, train_limit=256).resolve()
+    state = packs / ".packs" / f"{cfg.config_hash()}-s0_1.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"a pack's epoch 2")
+    args = ("--step", "step4", "--epochs", "1", "--train-limit", "256", "--seeds", "0-1")
+    line = cli_error(capsys, "train", *args, "--data-dir", str(tiny_mnist), "--out", str(packs))
+    assert "unfinished pack" in line and "--resume" in line
+    assert state.read_bytes() == b"a pack's epoch 2"
+
+
 def test_out_that_cannot_be_created_is_one_line(tiny_mnist, tmp_path):
     (tmp_path / "file").write_text("")
     proc = run_cli(
@@ -396,6 +419,30 @@ def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, capsys, args, 
     line = cli_error(capsys, "train", *args, "--data-dir", str(tiny_mnist), "--out",
                      str(tmp_path / "r"))  # fmt: skip
     assert all(f in line for f in fragments), line
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (("--lr", "nan"), "--lr must be a finite number, got nan"),
+        (("--lr", "inf"), "--lr must be a finite number, got inf"),
+        (("--rotate-deg", "inf"), "--rotate-deg must be a finite number, got inf"),
+        (("--rotate-deg", "270"), "--rotate-deg must be in [0, 180] degrees"),
+        (("--momentum", "-0.5"), "--momentum must be in [0, 1), got -0.5"),
+        (("--momentum", "1"), "--momentum must be in [0, 1), got 1.0"),
+        (("--lr-gamma", "0"), "--lr-gamma must be above 0"),
+        (("--weight-decay", "nan"), "--weight-decay must be a finite number"),
+        (("--seed", "-1"), "--seed must be in [0, 4294967295] (numpy's range), got -1"),
+        (("--seed", "4294967296"), "--seed must be in [0, 4294967295]"),
+        (("--seeds", "0-4294967296"), "seeds must be in [0, 4294967295]"),
+    ],
+)
+def test_numbers_that_cannot_train_are_refused_before_anything_is_written(
+    tiny_mnist, tmp_path, capsys, args, fragment
+):
+    out = tmp_path / "r"
+    line = cli_error(capsys, "train", *args, "--data-dir", str(tiny_mnist), "--out", str(out))
+    assert fragment in line and not out.exists(), line
 
 
 @pytest.mark.slow

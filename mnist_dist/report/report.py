@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 from ..config import TARGET_ACC, TrainConfig
 from ..errors import ArgumentParser, UserError, cli_errors
-from ..fsio import write_text
+from ..fsio import dumps, write_text
 from ..rundir import RESULT, read_result
 from ..sweeps.state import dir_record, trial_states
 from . import compare, reference
@@ -81,7 +80,7 @@ def table_rows(groups: list[dict[str, Any]], by: str) -> list[list[str]]:
             [
                 g["label"],
                 str(g["step"]) if by != "step" else "",
-                str(g["n"]),
+                f"{g['n']} ({g['n_collapsed']} collapsed)" if g.get("n_collapsed") else str(g["n"]),
                 f"{g['params']:,}" if isinstance(g["params"], int) else str(g["params"]),
                 f"{g['mean']:.3f}",
                 f"{g['std']:.3f}" if g["std"] is not None else "n/a",
@@ -131,12 +130,22 @@ def render_table(
     out += [f"  {line}" for line in weights_lines(groups)]
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
+    out += collapsed_lines(groups)
     if ref:
         out.append(f"{ref['label']}: {ref['description'] or ref['name']} ({ref['file']})")
     if comparisons is not None:
         out += compare.render_text(comparisons, metric_label(metric))
     out += missing_lines(missing)
     return "\n".join(out)
+
+
+def collapsed_lines(groups: list[dict]) -> list[str]:
+    """ "k of n collapsed" per group that has any: those seeds are in the statistics."""
+    hit = [g for g in groups if g.get("n_collapsed")]
+    if not hit:
+        return []
+    head = f"collapsed: final accuracy below {hit[0]['collapsed_below']:g}%, counted in n:"
+    return [head] + [f"  {g['label']}: {g['n_collapsed']} of {g['n']} collapsed" for g in hit]
 
 
 def weights_lines(groups: list[dict]) -> list[str]:
@@ -319,7 +328,7 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
         out.update({} if ref is None else dict(reference=ref))
         out.update({} if comparisons is None else dict(comparisons=comparisons))
         out.update({} if pair is None else dict(paired=pair))
-        emit(json.dumps(out, indent=2))
+        emit(dumps(out))
     else:
         lines = [] if pair is None else compare.render_paired(pair, metric_label(args.metric))
         emit("\n".join([render_table(name, *shown), *lines]))

@@ -20,7 +20,7 @@ from scipy import stats
 
 from ..config import SPEED_ONLY, TARGET_ACC, TrainConfig, digest, identity_value
 from ..errors import UserError
-from ..rundir import result_config
+from ..rundir import COLLAPSED_BELOW, collapsed, result_config
 
 CI_LEVEL = 0.95
 NO_CI = "n=1: one seed gives no variance, std, sem or CI"
@@ -253,6 +253,9 @@ def one_group(by: str, group: Group, metric: str = DEFAULT_METRIC) -> dict[str, 
         # seeds whose metric (by default the FINAL test acc) is >= 99.4; None for non-accuracies
         n_at_target=sum(a >= TARGET_ACC for a in values) if is_accuracy(metric) else None,
         target=TARGET_ACC,
+        # seeds that end below COLLAPSED_BELOW (dead nets); they count in n and the stats
+        n_collapsed=sum(map(collapsed, values)) if is_accuracy(metric) else None,
+        collapsed_below=COLLAPSED_BELOW,
         # over the seeds that reached the target at any epoch; None when none did
         mean_first_epoch_at_target=float(np.mean(first)) if first else None,
         n_reached_target_any_epoch=len(first),

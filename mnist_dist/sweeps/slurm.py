@@ -158,6 +158,13 @@ def make_executor(cluster: str, folder: Path, name: str, res: Resources, token: 
         cluster=cluster,
         slurm_max_num_timeout=res.max_num_timeout,  # dinov2's 30; submitit's default is 3
     )
+    executor.update_parameters(**executor_params(name, res, token))
+    return executor
+
+
+def executor_params(name: str, res: Resources, token: str = "") -> dict[str, Any]:
+    """submitit's parameters for [resources]: what `sweep --dry-run` shows, what becomes the
+    job's #SBATCH lines (slurm_setup: shell lines before srun)."""
     params: dict[str, Any] = dict(
         name=name,
         timeout_min=res.time_min,
@@ -179,8 +186,7 @@ def make_executor(cluster: str, folder: Path, name: str, res: Resources, token: 
         params["slurm_additional_parameters"] = dict(res.sbatch_extra)
     if res.setup:
         params["slurm_setup"] = list(res.setup)
-    executor.update_parameters(**params)
-    return executor
+    return params
 
 
 def submit_array(executor, trials: list[Trial]) -> list[Any]:

@@ -49,9 +49,10 @@ else:  # pragma: no cover - Python 3.10 only
 
 MAX_TRIALS = 10_000  # above this, `mnist-dist sweep` wants --yes
 TOP_KEYS = ("name", "description", "grid", "defaults", "trials", "resources", "wandb")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # fullmatch: `$` passes a final newline
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # a newline ends an #SBATCH line: the rest is shell
 SET_TABLES = ("grid", "defaults", "resources", "wandb")  # what --set may name
-BARE_WORD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # --set step=step5: a string
+BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")  # --set step=step5: a string
 
 
 @dataclass
@@ -202,7 +203,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
-        if not BARE_WORD.match(raw):
+        if not BARE_WORD.fullmatch(raw):
             raise UserError(
                 f"--set {text!r}: {raw!r} is not a TOML value (a number, true/false, "
                 '"text", [a, b] or a bare word); ' + how
@@ -243,7 +244,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
         if key not in TOP_KEYS:
             raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(TOP_KEYS)}")
     name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(f"{path}: name must be a folder-safe string (letters, digits, . _ -)")
     grid_where, defaults_where = f"{path} [grid]", f"{path} [defaults]"
     grid_raw = data.get("grid", {})
@@ -292,8 +293,19 @@ def _check_resources(spec: SweepSpec) -> None:
     for key in keys + ("pack_seeds",):
         if getattr(r, key) < 1:
             raise UserError(f"{where}.{key} must be at least 1, got {getattr(r, key)}")
-    if r.gpus_per_node < 0 or r.mem_gb <= 0 or r.signal_delay_s < 0:
+    if r.gpus_per_node < 0 or not 0 < r.mem_gb < math.inf or r.signal_delay_s < 0:
         raise UserError(f"{where}: gpus_per_node, mem_gb and signal_delay_s must be positive")
+    # Values written into the batch script: one line each, or the rest would run as shell.
+    texts = {key: getattr(r, key) for key in ("partition", "account", "qos", "constraint")}
+    texts.update({f"sbatch_extra key {k!r}": k for k in r.sbatch_extra})
+    texts.update({f"sbatch_extra.{k}": v for k, v in r.sbatch_extra.items()})
+    texts.update({f"setup[{i}]": line for i, line in enumerate(r.setup)})
+    for key, value in texts.items():
+        if isinstance(value, str) and CONTROL.search(value):
+            raise UserError(
+                f"{where}.{key} holds a newline or control character ({value!r}); "
+                "each value goes on one #SBATCH or setup line: remove it"
+            )
     if r.tasks_per_node is not None and r.tasks_per_node < 1:
         raise UserError(f"{where}.tasks_per_node must be at least 1, got {r.tasks_per_node}")
     if r.gpus_per_node and r.tasks_per_node not in (None, r.gpus_per_node):

@@ -10,18 +10,25 @@ missing / corrupt / unknown: ``mnist-dist status`` and ``mnist-dist report`` bot
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
 from ..errors import UserError
 from ..fsio import write_json
-from ..rundir import CONFIG, ERROR, RESULT, STOPPED, error_line, read_result
+from ..rundir import CONFIG, ERROR, RESULT, STOPPED, collapsed, error_line, read_result
 
 RECORD, LOCK = "sweep.json", ".sweep.lock"
+LOCK_HOLDER = ".sweep.lock.holder"  # who holds LOCK: named when another command times out
 # STOPPED ("diverged", "pruned"): finished early, as the trainer's per-epoch hook decided
 # (result.json's state); final, like done, so never resubmitted
 STATES = ("done", *STOPPED, "running", "pending", "failed", "missing", "corrupt", "unknown")
@@ -42,19 +49,51 @@ def load_record(out: Path) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(path.read_text())
-        [str(t["trial_id"]) for t in record["trials"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+        if not isinstance(record.get("name"), str):
+            raise ValueError("no sweep name")
+        for t in record["trials"]:
+            if not isinstance(t["config"], dict):
+                raise TypeError(f"trial {t['trial_id']!r} has no config table")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(
+            f"{path} is not a readable sweep record ({type(e).__name__}: {e}); move it away "
+            "or use another --out"
+        ) from None
     return record
 
 
-def record_lock(out: Path, timeout_s: float = 120):
+@contextlib.contextmanager
+def record_lock(out: Path, timeout_s: float = 120) -> Iterator[None]:
     """Held while a sweep command reads, submits and writes the record: two reruns of one
-    sweep folder never decide on the same trials at once."""
-    from filelock import FileLock
+    sweep folder never decide on the same trials at once. An OS lock (fcntl, through
+    filelock): it dies with its process, so a timeout means a live holder, named."""
+    from filelock import FileLock, Timeout
 
     out.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(out / LOCK), timeout=timeout_s)
+    lock = FileLock(str(out / LOCK), timeout=timeout_s)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise UserError(
+            f"another sweep command holds {out / LOCK} ({lock_holder(out)}) and did not let "
+            f"go within {timeout_s:g} s; wait for it to end, then rerun"
+        ) from None
+    try:
+        holder = dict(pid=os.getpid(), host=socket.gethostname(), since=time.time(),
+                      command=" ".join(sys.argv))  # fmt: skip
+        write_json(out / LOCK_HOLDER, holder)
+        yield
+    finally:
+        lock.release()
+
+
+def lock_holder(out: Path) -> str:
+    try:
+        h = json.loads((out / LOCK_HOLDER).read_text())
+        since = time.strftime("%H:%M:%S", time.localtime(h["since"]))
+        return f"pid {h['pid']} on {h['host']} since {since}: {h['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
 
 
 def write_record(out: Path, record: dict[str, Any]) -> None:
@@ -149,6 +188,10 @@ def trial_states(out: Path, record: dict[str, Any]) -> list[dict[str, Any]]:
             try:
                 result = read_result(d / RESULT)
                 row.update(state=result["state"], final_test_acc=result["final_test_acc"])
+                final = result["final_test_acc"]  # a tuning run's: its validation's
+                row["collapsed"] = collapsed(
+                    final if final is not None else result.get("final_val_acc")
+                )
                 if result["state"] in STOPPED:
                     row["error"] = f"{result['state']} after epoch {len(result['history'])}"
             except ValueError as e:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import secrets
 import sys
 import time
@@ -30,8 +31,8 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import ArgumentParser, UserError, cli_errors
-from ..rundir import STOPPED
-from .slurm import CLUSTERS, Trial, check_cluster, make_executor, submit_array
+from ..rundir import COLLAPSED_BELOW, STOPPED
+from .slurm import CLUSTERS, Trial, check_cluster, executor_params, make_executor, submit_array
 from .spec import MAX_TRIALS, SweepSpec, load_sweep
 from .state import (
     RECORD,
@@ -77,6 +78,19 @@ def print_plan(spec: SweepSpec, trials: list[dict[str, Any]], actions: dict[str,
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def print_submission(spec: SweepSpec, cluster: str) -> None:
+    """What each job array is submitted with: submitit's parameters (on SLURM, its #SBATCH
+    lines) and the shell lines run before srun."""
+    params = executor_params(spec.name, spec.resources)
+    setup = params.pop("slurm_setup", [])
+    print(f"submitit parameters (--cluster {cluster}; slurm_* apply on SLURM only):")
+    for key, value in params.items():
+        print(f"  {key} = {json.dumps(value)}")
+    print("setup lines before srun:" if setup else "setup lines before srun: none")
+    for line in setup:
+        print(f"  {line}")
+
+
 def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
     p = ArgumentParser(prog=prog, description="Submit a sweep file's trials as job arrays.")
     p.add_argument("file", help="sweep file, e.g. jobs/smoke.toml")
@@ -103,6 +117,8 @@ def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
 def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") -> None:
     """mnist-dist sweep jobs/smoke.toml --cluster slurm --out /tmp/s --wait"""
     args = build_sweep_parser(prog).parse_args(argv)
+    if not 0.1 <= args.poll < math.inf:  # 0 would busy-loop on squeue
+        raise UserError(f"--poll must be at least 0.1 seconds, got {args.poll}")
     spec = load_sweep(args.file, args.overrides)
     if spec.size() > MAX_TRIALS and not args.yes:
         raise UserError(
@@ -111,6 +127,8 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         )
     configs = spec.expand()
     out = Path(args.out or Path("runs") / "sweeps" / spec.name)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a sweep folder; name a folder")
     old = load_record(out)
     if old and old["name"] != spec.name:
         raise UserError(f"{out} holds sweep {old['name']!r}, not {spec.name!r}; use another --out")
@@ -122,6 +140,7 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
     if args.dry_run:
         record = dict(name=spec.name, trials=trials, jobs=(old or {}).get("jobs", []))
         todo = plan(spec, out, record, args.cluster, args.overrides)
+        print_submission(spec, args.cluster)
         print(f"dry run: would submit {len(todo)} of {len(trials)} trials; nothing submitted")
         return
     with record_lock(out):  # two reruns of one folder never submit the same trial twice
@@ -344,6 +363,7 @@ def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") 
         print(f"sweep {record['name']} in {out}")
         for r in rows:
             acc = f"{r['final_test_acc']:.2f}%" if r["final_test_acc"] is not None else ""
+            acc += f" (collapsed: below {COLLAPSED_BELOW:g}%)" if r.get("collapsed") else ""
             detail = acc or r["error"] or ""
             print(
                 f"  {r['trial_id']:<28} {r['state']:<8} {r['job_id'] or '-':<12} {detail}".rstrip()

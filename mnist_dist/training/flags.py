@@ -16,7 +16,7 @@ import os
 import sys
 import typing
 
-from ..config import Runtime, TrainConfig
+from ..config import SEED_MAX, Runtime, TrainConfig
 from ..errors import ArgumentParser, UserError
 
 RECIPE = "the step's recipe"
@@ -100,5 +100,7 @@ def parse_seeds(text: str) -> list[int]:
         lo, dash, hi = part.strip().partition("-")
         if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
             raise UserError(f"--seeds {text!r}: give seeds like 0-7 or 0,3,5")
+        if int(hi if dash else lo) > SEED_MAX:
+            raise UserError(f"--seeds {text!r}: seeds must be in [0, {SEED_MAX}] (numpy's range)")
         seeds.update(range(int(lo), int(hi if dash else lo) + 1))
     return sorted(seeds)

@@ -5,13 +5,16 @@ grouped net (``training.packed``). The entry points are ``mnist_dist.train``.
 Writes ``config.json`` at start, ``checkpoint.pt`` after each epoch and ``result.json`` at
 the end (all atomically) into ``--out``. ``--resume`` continues from the last epoch saved.
 
-After each epoch the loop hands that epoch's rows to one per-epoch hook, which answers per
-seed: go on, or stop with a state ("diverged", "pruned"). A stopped seed's result.json
-holds that state and its history to that epoch; the other seeds of a pack go on.
+After each epoch the loop hands that epoch's rows to the per-epoch hooks, which answer per
+seed: go on, or stop with a state ("diverged", "pruned"). The divergence rule comes first
+(``stop_diverged``: a training loss that is not finite); the caller's hook (a search's
+pruner) hears only the seeds that go on. A stopped seed's result.json holds that state and
+its history to that epoch; the other seeds of a pack go on.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -34,6 +37,26 @@ EpochHook = Callable[[int, list[dict[str, Any]]], list[str]]
 
 def go_on(epoch: int, rows: list[dict[str, Any]]) -> list[str]:
     return [GO_ON] * len(rows)
+
+
+def stop_diverged(epoch: int, rows: list[dict[str, Any]]) -> list[str]:
+    """The divergence rule: a seed whose epoch training loss is NaN or infinite stops.
+    (Its weights are NaN from then on; a pack's other seeds never see them.)"""
+    return [GO_ON if math.isfinite(row["train_loss"]) else DIVERGED for row in rows]
+
+
+def ask(hooks: tuple[EpochHook, ...], epoch: int, rows: list[dict[str, Any]]) -> list[str]:
+    """Each hook in turn, over the rows that every hook before it let go on."""
+    answers = [GO_ON] * len(rows)
+    for hook in hooks:
+        live = [i for i, answer in enumerate(answers) if answer == GO_ON]
+        said = hook(epoch, [rows[i] for i in live])
+        if len(said) != len(live) or not set(said) <= set(ANSWERS):
+            raise ValueError(f"a per-epoch hook answered {said!r} for {len(live)} rows; "
+                             f"answer one of {ANSWERS} per row")  # fmt: skip
+        for i, answer in zip(live, said, strict=True):
+            answers[i] = answer
+    return answers
 
 
 def train(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> dict:
@@ -61,10 +84,13 @@ def fit(run: Run, on_epoch: EpochHook = go_on) -> dict[int, dict]:
             row["eval_seconds"] = time.perf_counter() - t_eval  # not in `seconds`
             run.histories[n].append(row)
             acc.print(seed_prefix(run, n) + epoch_line(row, cfg), flush=True)  # SLURM logs
-        for n, answer in zip(active, on_epoch(epoch + 1, rows), strict=True):
-            if answer not in ANSWERS:
-                raise ValueError(f"the per-epoch hook answered {answer!r}; answer one of {ANSWERS}")
+        for n, row, answer in zip(
+            active, rows, ask((stop_diverged, on_epoch), epoch + 1, rows), strict=True
+        ):
             run.states[n] = answer
+            if answer != GO_ON:
+                acc.print(f"{seed_prefix(run, n)}stopped after epoch {epoch + 1}: {answer}"
+                          f" (training loss {row['train_loss']:.4g})", flush=True)  # fmt: skip
         if acc.is_main_process:  # before W&B hears of the epoch: see Tracker.catch_up
             run.save()
         for n, row in zip(active, rows, strict=True):

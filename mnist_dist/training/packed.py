@@ -50,6 +50,11 @@ def train_seeds(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> d
         pack = [cfgs[s] for s in todo]
         check_packable(base)
         state_path = parent / PACKS / f"{base.config_hash()}-s{'_'.join(map(str, todo))}.pt"
+        if not rt.resume and state_path.is_file():
+            raise UserError(
+                f"{state_path} holds these seeds' unfinished pack; pass --resume to continue "
+                "it, or choose a new --out"
+            )
         ckpt = load_pack_state(state_path, base, todo) if rt.resume else None
         run = PackRun(pack, rt, [folders[s] for s in todo], ckpt, state_path)
         results.update(fit(run, on_epoch))

@@ -174,6 +174,11 @@ def run_folder(cfg: TrainConfig, rt: Runtime) -> Path:
             f"{out} holds a finished run (result.json); pass --resume to keep it, "
             "or choose a new --out"
         )
+    if not rt.resume and (out / CHECKPOINT).is_file():  # else its config would be overwritten
+        raise UserError(
+            f"{out} holds an unfinished run (checkpoint.pt, no result.json); pass --resume "
+            "to continue it, or choose a new --out"
+        )
     return out
 
 
