@@ -223,15 +223,20 @@ remove_net() {  # the namespaces (and with them every veth pair) and hosts lines
 # ---- daemons --------------------------------------------------------------------------
 
 start_munge() {
-    if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
+    # The key signs every credential: readable by munged's user only, whichever user that
+    # is (munge where Debian made one, else root) and whether or not munged already runs.
+    local owner=root
+    id munge >/dev/null 2>&1 && owner=munge
     [ -s /etc/munge/munge.key ] || {
         say "creating /etc/munge/munge.key"
-        dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
+        (umask 077 && dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none)
     }
-    if id munge >/dev/null 2>&1; then
+    chown "$owner:$owner" /etc/munge/munge.key
+    chmod 0400 /etc/munge/munge.key
+    if munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
+    if [ "$owner" = munge ]; then
         mkdir -p /run/munge /var/log/munge /var/lib/munge
-        chown munge:munge /run/munge /var/log/munge /var/lib/munge /etc/munge/munge.key
-        chmod 0400 /etc/munge/munge.key
+        chown munge:munge /run/munge /var/log/munge /var/lib/munge
         runuser -u munge -- munged
     else
         munged --force
@@ -311,10 +316,26 @@ wait_idle() {
     die "node(s)$waiting did not become idle; see $STATE_DIR/slurmd*.log"
 }
 
+secure_state() {
+    # Root's daemons read their config and spools here, in /var/tmp: a folder another user
+    # made first (or can write) could feed them theirs.
+    if [ -e "$STATE_DIR" ] || [ -L "$STATE_DIR" ]; then
+        { [ -d "$STATE_DIR" ] && [ ! -L "$STATE_DIR" ]; } \
+            || die "$STATE_DIR is not a folder; remove it, or set MNIST_SLURM_STATE"
+        local uid
+        uid=$(stat -c %u "$STATE_DIR")
+        [ "$uid" = 0 ] || die "$STATE_DIR belongs to uid $uid, not root (another user may" \
+            "have made it); remove it, or set MNIST_SLURM_STATE to a new folder"
+    else
+        mkdir -p "$(dirname "$STATE_DIR")" && mkdir -m 0755 "$STATE_DIR"
+    fi
+    chmod go-w "$STATE_DIR"
+}
+
 cmd_start() {
     need_root
     install_missing
-    mkdir -p "$STATE_DIR"
+    secure_state
     touch "$OWNED"
     write_conf
     [ "$NODES" = 1 ] || setup_net

@@ -318,3 +318,82 @@ def test_onnx_without_the_export_extra_says_how_to_install_it(tiny_run, tmp_path
         proc = run_cli(*argv, env=env)
         assert_one_line_error(proc, "needs the export extra", "pip install 'mnist-dist[export]'")
     assert not out.exists()
+
+
+# ---- images that used to mislead predict (issue #22) -----------------------------------
+
+
+def a_seven() -> np.ndarray:
+    """uint8 (H, W): a "7" in dark ink (20) on light paper (235), 120 x 100 px."""
+    img = np.full((120, 100), 235, np.uint8)
+    img[20:32, 15:85] = 20  # the bar
+    for row in range(32, 105):  # the stem, leaning left
+        col = 80 - (row - 32) // 2
+        img[row, col - 6 : col + 6] = 20
+    return img
+
+
+def test_a_16_bit_grey_reads_like_its_8_bit_twin(tmp_path):
+    gray = a_seven()
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 0..65535
+    assert read_image(tmp_path / "16.png").mode.startswith("I")  # decoded as 16-bit
+    eight, sixteen = (preprocess(read_image(tmp_path / f"{b}.png")) for b in (8, 16))
+    assert torch.equal(sixteen, eight)
+
+
+def test_an_animated_image_is_read_at_its_first_frame_with_a_notice(tmp_path, capsys):
+    first = Image.fromarray(a_seven())
+    first.save(tmp_path / "first.png")
+    second = Image.fromarray(255 - a_seven())  # another picture: inverted
+    first.save(tmp_path / "anim.gif", save_all=True, append_images=[second], duration=100)
+    got = preprocess(read_image(tmp_path / "anim.gif"))
+    assert "anim.gif has 2 frames; reading the first" in capsys.readouterr().err
+    assert torch.equal(got, preprocess(read_image(tmp_path / "first.png")))
+
+
+@pytest.mark.parametrize("ink", [255, 0])
+def test_ink_on_a_transparent_background_reads_as_on_paper(tmp_path, ink):
+    """Light ink on transparency read as "no ink" (it was composited on white); the paper
+    is now the colour that shows the ink, so both read as the same digit on opaque paper."""
+    shape = a_seven() < 128  # where the ink is
+    rgba = np.zeros((*shape.shape, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = ink, np.where(shape, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    opaque = np.where(shape, ink, 255 - ink).astype(np.uint8)
+    Image.fromarray(opaque).save(tmp_path / "o.png")
+    got = preprocess(read_image(tmp_path / "t.png"))
+    assert torch.equal(got, preprocess(read_image(tmp_path / "o.png")))
+
+
+def test_a_huge_image_is_refused_from_its_header_and_one_at_the_limit_stays_small(tmp_path):
+    import subprocess
+    import sys
+
+    from mnist_dist.errors import UserError
+    from mnist_dist.recognizer.predict import MAX_PIXELS
+
+    big = tmp_path / "big.png"
+    Image.new("L", (6000, 5000), 255).save(big)  # 30 MP, a few kB compressed
+    with pytest.raises(UserError, match=r"6000 x 5000 pixels is over the 25,000,000-pixel"):
+        read_image(big)
+    at_limit = tmp_path / "limit.png"
+    canvas = Image.new("L", (5000, 5000), 235)  # MAX_PIXELS exactly
+    canvas.paste(Image.fromarray(a_seven()).resize((2000, 2400)), (1500, 1300))
+    canvas.save(at_limit)
+    assert 5000 * 5000 == MAX_PIXELS
+    # Measured inside a fresh process: the high-water mark after the imports (this CUDA
+    # torch build alone reaches ~0.9 GB RSS on import) and after reading and preprocessing.
+    code = (
+        "import resource, sys; from pathlib import Path; sys.path.insert(0, sys.argv[1])\n"
+        "from mnist_dist.recognizer.predict import preprocess, read_image\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB\n"
+        "before = peak(); pixels = preprocess(read_image(Path(sys.argv[2])))\n"
+        "print(int(pixels.sum()), before, peak())"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(REPO), str(at_limit)],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    ink, before, after = map(int, proc.stdout.split())
+    assert ink > 0  # the digit was found
+    assert after - before < 2**19, f"{(after - before) / 2**20:.2f} GiB for the image"  # 0.5 GiB

@@ -205,3 +205,27 @@ def test_a_restarted_cluster_keeps_its_queue_unless_started_fresh():
     assert queue_after(("start", "--fresh")) == []  # it was running
     held_job()
     assert queue_after(("stop",), ("start", "--fresh")) == []  # it was down
+
+
+def test_the_munge_key_is_its_daemons_alone():
+    """After a start (this module's), whichever branch made or found the key: 0400, owned by
+    the user munged runs as."""
+    import pwd
+
+    key = os.stat("/etc/munge/munge.key")
+    daemon = "munge" if "munge" in {p.pw_name for p in pwd.getpwall()} else "root"
+    assert oct(key.st_mode & 0o777) == "0o400" and pwd.getpwuid(key.st_uid).pw_name == daemon
+
+
+def test_a_state_folder_another_user_made_is_refused(tmp_path):
+    """The state folder holds what root's daemons read: one made first by another user
+    (here uid 65534, nobody) is refused in one line, and nothing starts."""
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 65534, 65534)
+    env = cluster_env("mdtestx", partition="x", ctld_port=6837, net="10.77.3")
+    env.update(MNIST_SLURM_STATE=str(state), SLURM_CONF=str(state / "slurm.conf"))
+    proc = local_slurm("start", env=env)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "belongs to uid 65534, not root" in proc.stderr
+    assert list(state.iterdir()) == []  # nothing written there

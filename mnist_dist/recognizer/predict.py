@@ -19,6 +19,7 @@ in front of a step model; ``mnist-dist export`` writes exactly that module to a 
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,9 @@ SIZE, BOX = 28, 20  # MNIST: digits size-normalised into a 20 x 20 box inside 28
 CENTRE = 14.0  # where the centre of mass goes (row, col), pixel-index coordinates
 MIN_CONTRAST = 40  # grey levels between paper and the strongest ink; below that: no ink
 INK_FLOOR = 0.25  # share of the ink contrast a pixel needs to count for the bounding box
+# Above this many pixels an image is refused from its header, before it is decoded: a
+# 25 MP photo takes about 0.5 GB through preprocess (float32 copies); a digit needs far less.
+MAX_PIXELS = 25_000_000
 EXTRA = "pip install 'mnist-dist[export]'"
 EXPORTED = {".pt": "torchscript", ".onnx": "onnx"}  # file suffix -> format (mnist-dist export)
 
@@ -57,13 +61,25 @@ class Recognizer(nn.Module):
 
 
 def read_image(path: Path):
-    """The image at ``path`` as a Pillow image, upright (EXIF); a one-line error otherwise."""
+    """The image at ``path`` as a Pillow image, upright (EXIF); a one-line error otherwise.
+    Sizes are checked from the header, before decoding; an animated image is read at its
+    first frame, with a notice."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.is_file():
         raise UserError(f"{path}: no such image file")
     try:
         with Image.open(path) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise UserError(
+                    f"{path}: {width} x {height} pixels is over the {MAX_PIXELS:,}-pixel limit; "
+                    "crop or shrink it to the digit"
+                )
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                print(f"mnist-dist: note: {path} has {frames} frames; reading the first",
+                      file=sys.stderr)  # fmt: skip
             return ImageOps.exif_transpose(img)  # a loaded copy, turned as the camera was
     except (UnidentifiedImageError, Image.DecompressionBombError) as e:
         why = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)
@@ -73,12 +89,19 @@ def read_image(path: Path):
 
 
 def grayscale(img) -> np.ndarray:
-    """float32 (H, W) in [0, 255]; transparent pixels count as white paper."""
+    """float32 (H, W) in [0, 255]. 16-bit greys are scaled (Pillow's convert("L") clips
+    them at 255). Transparent pixels become paper of the colour that shows the ink: black
+    behind light ink, white behind dark ink (the opaque pixels' mean brightness decides)."""
     from PIL import Image
 
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit PNG and TIFF greys
+        return np.asarray(img, dtype=np.float32) * (255.0 / 65535.0)
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+        opaque = np.asarray(rgba, dtype=np.uint8)[..., 3] > 127
+        light = np.asarray(rgba.convert("L"), dtype=np.float32)[opaque]
+        paper = "black" if light.size and float(light.mean()) > 127.5 else "white"
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, paper), rgba)
     return np.asarray(img.convert("L"), dtype=np.float32)
 
 
@@ -88,18 +111,21 @@ def preprocess(img, name: str = "image") -> torch.Tensor:
     from scipy.ndimage import center_of_mass
     from torchvision.transforms.v2 import functional as TF
 
-    gray = grayscale(img)
+    gray = grayscale(img)  # float32, changed in place below: a 25 MP photo is 100 MB a copy
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     paper = float(np.median(border))
     if paper > 127.5:  # light paper: invert, so the ink is the bright part, as in MNIST
-        gray, paper = 255.0 - gray, 255.0 - paper
+        np.subtract(255.0, gray, out=gray)
+        paper = 255.0 - paper
     contrast = float(gray.max()) - paper
     if contrast < MIN_CONTRAST:
         raise UserError(
             f"{name}: no ink found (a blank image, or ink within {MIN_CONTRAST} grey levels of "
             "the paper); give a digit written dark on light paper or light on dark"
         )
-    ink = torch.from_numpy(np.clip((gray - paper) / contrast, 0.0, 1.0)).unsqueeze(0)
+    gray -= paper
+    gray /= contrast
+    ink = torch.from_numpy(np.clip(gray, 0.0, 1.0, out=gray)).unsqueeze(0)
     rows, cols = torch.nonzero(ink[0] >= INK_FLOOR, as_tuple=True)
     top, left = int(rows.min()), int(cols.min())
     height, width = int(rows.max()) - top + 1, int(cols.max()) - left + 1
