@@ -4,7 +4,8 @@ A run folder (``mnist-dist train --out``, or a sweep's ``DIR/<trial_id>/``) hold
 ``config.json`` (at start), ``checkpoint.pt`` (each epoch), ``result.json`` (at the end),
 ``error.txt`` (when a sweep trial raised) and ``wandb_run.json`` (the W&B run id and the
 last epoch W&B received). A pack of seeds keeps its resume state in ``DIR/.packs/``.
-Everything is written through ``fsio.atomic_open``.
+Everything is written through ``fsio.atomic_open``. While a trainer trains the folder, its
+rank 0 holds an OS lock on ``.train.lock`` there (``trial_locks``): one trainer per folder.
 
 Checkpoints hold plain weights only: tensors, numbers, strings, lists and dicts (the
 config as a dict, the history as lists). ``read_checkpoint`` opens them with
@@ -14,9 +15,14 @@ to run code when unpickled is refused in one line and nothing in it runs.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import pickle
+import socket
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,35 @@ STOPPED = ("diverged", "pruned")
 COLLAPSED_BELOW = 20.0
 # final_test_acc is None for a tuning run that never scored the test set (test_eval never)
 REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float, type(None)), "config": dict}
+
+
+TRAIN_LOCK = ".train.lock"  # flock'd by the trainer of the folder; names its holder
+
+
+@contextlib.contextmanager
+def trial_locks(folders: list[Path]) -> Iterator[None]:
+    """Held by rank 0 while it trains ``folders`` (a pack: one per seed). flock, not a
+    lock file's existence: the kernel drops it with its process, so after a SIGKILL (a
+    lost node, the OOM killer) the next trainer gets it at once. A second trainer of a
+    held folder gets one line naming the holder, and writes nothing there."""
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's and submitit's other ranks
+        yield
+        return
+    with contextlib.ExitStack() as stack:
+        for folder in folders:
+            fd = os.open(folder / TRAIN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+            stack.callback(os.close, fd)  # closing the descriptor releases the lock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(
+                    f"{folder} is being trained by another process ({holder}); let it finish, "
+                    "or train into another --out"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
 
 
 def collapsed(final_acc: float | None) -> bool:

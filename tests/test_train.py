@@ -317,6 +317,41 @@ def test_an_unfinished_run_is_continued_only_with_resume(tiny_mnist, tmp_path, c
     assert state.read_bytes() == b"a pack's epoch 2"
 
 
+@pytest.mark.slow
+def test_one_trainer_per_folder_and_a_killed_holders_lock_is_free_at_once(
+    tiny_mnist, tmp_path, capsys
+):
+    from mnist_dist.errors import UserError
+    from mnist_dist.rundir import TRAIN_LOCK, trial_locks
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mnist_dist", "train", "--step", "step4", "--epochs", "50",
+           "--train-limit", "256", "--data-dir", str(tiny_mnist), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled"}
+    holder = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not (out / "config.json").is_file() or not (out / TRAIN_LOCK).read_text():
+            assert holder.poll() is None and time.time() < deadline, holder.stderr.read()
+            time.sleep(0.05)
+        assert (out / TRAIN_LOCK).read_text().startswith(f"pid {holder.pid} on ")
+        config = (out / "config.json").stat()
+        line = cli_error(capsys, *cmd[3:], "--resume")  # the same run, a second trainer
+        assert f"is being trained by another process (pid {holder.pid} on " in line, line
+        assert (out / "config.json").stat().st_mtime_ns == config.st_mtime_ns  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    t0 = time.monotonic()
+    while True:  # the kernel dropped the dead holder's flock: free at once, not at a timeout
+        try:
+            with trial_locks([out]):
+                break
+        except UserError:
+            assert time.monotonic() - t0 < 1.0, "the lock outlived its holder"
+            time.sleep(0.01)
+
+
 def test_out_that_cannot_be_created_is_one_line(tiny_mnist, tmp_path):
     (tmp_path / "file").write_text("")
     proc = run_cli(

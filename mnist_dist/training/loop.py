@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..config import Runtime, TrainConfig
 from ..data import eval_batches
-from ..rundir import CHECKPOINT, RESULT, STOPPED, load_checkpoint
+from ..rundir import CHECKPOINT, RESULT, STOPPED, load_checkpoint, trial_locks
 from .setup import RUNNING, Run, finished_result, run_folder, seed_prefix
 
 PROGRESS_EVERY_S = 30.0  # non-TTY output (SLURM logs): a progress line this often, seconds
@@ -63,10 +63,11 @@ def train(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> dict:
     """Run one training job end to end and return the result dict (as in result.json)."""
     cfg = cfg.resolve()
     out = run_folder(cfg, rt)
-    if rt.resume and (out / RESULT).is_file():
-        return finished_result(out, cfg)
-    ckpt = load_checkpoint(out / CHECKPOINT, cfg) if rt.resume else None
-    return fit(Run([cfg], rt, [out], ckpt), on_epoch)[cfg.seed]
+    with trial_locks([out]):
+        if rt.resume and (out / RESULT).is_file():
+            return finished_result(out, cfg)
+        ckpt = load_checkpoint(out / CHECKPOINT, cfg) if rt.resume else None
+        return fit(Run([cfg], rt, [out], ckpt), on_epoch)[cfg.seed]
 
 
 def fit(run: Run, on_epoch: EpochHook = go_on) -> dict[int, dict]:

@@ -22,7 +22,7 @@ import torch
 from ..config import Runtime, TrainConfig
 from ..errors import UserError
 from ..models import count_params
-from ..rundir import CHECKPOINT, RESULT, read_checkpoint, save_checkpoint
+from ..rundir import CHECKPOINT, RESULT, read_checkpoint, save_checkpoint, trial_locks
 from .loop import EpochHook, fit, go_on, train
 from .packnet import load_seed, pack_model, seed_optimizer_state, seed_state
 from .setup import RUNNING, Run, finished_result, run_folder
@@ -55,9 +55,10 @@ def train_seeds(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> d
                 f"{state_path} holds these seeds' unfinished pack; pass --resume to continue "
                 "it, or choose a new --out"
             )
-        ckpt = load_pack_state(state_path, base, todo) if rt.resume else None
-        run = PackRun(pack, rt, [folders[s] for s in todo], ckpt, state_path)
-        results.update(fit(run, on_epoch))
+        with trial_locks([folders[s] for s in todo]):
+            ckpt = load_pack_state(state_path, base, todo) if rt.resume else None
+            run = PackRun(pack, rt, [folders[s] for s in todo], ckpt, state_path)
+            results.update(fit(run, on_epoch))
     return results
 
 
