@@ -113,7 +113,11 @@ def error_line(folder: Path) -> str | None:
     if not path.is_file():
         return None
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    return lines[-1] if lines else "failed (empty error.txt)"
+    if not lines:
+        return "failed (empty error.txt)"
+    if lines[0].startswith("rank ") and len(lines) > 1:  # "rank 1 on n1 (job 7) failed:"
+        return f"{lines[0].removesuffix(' failed:')}: {lines[-1]}"
+    return lines[-1]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +183,55 @@ def test_sbatch_accelerate_cpu_mode_on_two_nodes(tmp_path, data_dir):
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 * procs and sorted(set(result["hosts"])) == NODES
     assert result["threads"] == max(1, cpus // procs)
+
+
+def rank_pid(job_id: str, rank: int) -> int | None:
+    """The pid of the job's task ``rank`` (SLURM_PROCID), found through /proc (the nodes
+    share this machine's process namespace); None while it has not started."""
+    want = (f"SLURM_JOB_ID={job_id}".encode(), f"SLURM_PROCID={rank}".encode())
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if all(w in env for w in want) and b"submitit" in cmd:
+            return int(proc.name)
+    return None
+
+
+def test_a_lost_rank_ends_its_trial_at_once_and_error_txt_names_the_cause(tmp_path, data_dir):
+    """SIGKILL one rank of a two-node trial mid-training: the other does not wait for the
+    job's time limit (20 min here) in a collective. srun --kill-on-bad-exit ends the step,
+    the job fails without a requeue, and error.txt says which rank saw what."""
+    f = tmp_path / "long.toml"
+    f.write_text(Path(TOML).read_text().replace("epochs = 3", "epochs = 50"))
+    out = tmp_path / "s"
+    args = ("sweep", str(f), "--cluster", "slurm", "--out", str(out), "--data-dir", str(data_dir))
+    proc = run_cli(*args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (job,) = json.loads((out / "sweep.json").read_text())["jobs"]
+    trial = out / job["trial_ids"][0]
+    deadline = time.time() + 300
+    while not (trial / "checkpoint.pt").is_file():  # epoch 1 is saved: both ranks train
+        assert time.time() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.2)
+    victim = rank_pid(job["job_id"], 1)
+    assert victim is not None
+    os.kill(victim, 9)
+    killed = time.time()
+    while slurm("squeue", "-h", "-j", job["job_id"]).strip():
+        assert time.time() - killed < 120, "the job outlived its lost rank by 2 minutes"
+        time.sleep(0.5)
+    took = time.time() - killed
+    state = json.loads(run_cli("status", str(out), "--json").stdout)["trials"][0]
+    assert state["state"] == "failed" and not (trial / "result.json").exists()
+    error = (trial / "error.txt").read_text().splitlines()
+    assert re.fullmatch(rf"rank \d on {CLUSTER}-n\d \(job {job['job_id']}\) failed:", error[0])
+    assert state["error"].startswith(error[0].removesuffix(" failed:"))
+    log = "".join(p.read_text() for p in (out / "logs").rglob("*.out"))
+    assert "Requeued" not in log  # a failure, not a preemption: not requeued
+    print(f"the job ended {took:.1f} s after rank 1 was killed")
 
 
 def test_stop_leaves_no_namespace_link_daemon_or_hosts_entry():

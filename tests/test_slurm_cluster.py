@@ -229,3 +229,58 @@ def test_a_state_folder_another_user_made_is_refused(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stderr.count("\n") == 1 and "belongs to uid 65534, not root" in proc.stderr
     assert list(state.iterdir()) == []  # nothing written there
+
+
+HELD = """
+name = "held"
+[grid]
+seed = [0, 1]
+[defaults]
+step = "step4"
+epochs = 1
+train_limit = 256
+[resources]
+cpus_per_task = 1
+time_min = 5
+sbatch_extra = { hold = true }  # queued, never started: the test counts them
+"""
+
+
+def test_a_sweep_killed_between_sbatch_and_its_record_never_submits_twice(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    from mnist_dist.cli import main
+    from mnist_dist.sweeps import submit
+
+    f = tmp_path / "held.toml"
+    f.write_text(HELD)
+    out = tmp_path / "s"
+    args = ["sweep", str(f), "--cluster", "slurm", "--out", str(out), "--data-dir", str(data_dir)]
+    real = submit.submit_array
+
+    def submitted_then_killed(executor, trials):
+        real(executor, trials)  # sbatch returned: the jobs are queued...
+        raise KeyboardInterrupt  # ...and the command dies before it records them
+
+    monkeypatch.setattr(submit, "submit_array", submitted_then_killed)
+    with pytest.raises(SystemExit):
+        main(args)
+    monkeypatch.setattr(submit, "submit_array", real)
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["jobs"] == [] and len(record["intents"]) == 1  # what the kill left
+
+    def queued() -> list[str]:
+        cmd = ["squeue", "-h", "-r", "-n", "held", "-o", "%i"]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+
+    jobs = queued()
+    assert len(jobs) == 2
+    capsys.readouterr()
+    main(args)  # the rerun
+    stdout = capsys.readouterr().out
+    assert "an interrupted submission" in stdout and stdout.count("skip (queued)") == 2
+    assert "nothing to submit" in stdout
+    assert sorted(queued()) == sorted(jobs)  # still two jobs: none submitted twice
+    record = json.loads((out / "sweep.json").read_text())
+    assert "intents" not in record and sorted(j["job_id"] for j in record["jobs"]) == sorted(jobs)
+    subprocess.run(["scancel", *jobs], check=True)

@@ -283,9 +283,10 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     failed = next(t for t in st["trials"] if t["state"] == "failed")
     assert failed["trial_id"] == bad_id
     error_txt = (out / bad_id / "error.txt").read_text().strip().splitlines()
-    assert (
-        failed["error"] == error_txt[-1] and "is truncated or not a checkpoint" in failed["error"]
-    )
+    assert error_txt[0].startswith("rank 0 on ") and error_txt[0].endswith(" failed:")
+    assert failed["error"] == f"{error_txt[0].removesuffix(' failed:')}: {error_txt[-1]}"
+    assert "is truncated or not a checkpoint" in failed["error"]
+    assert "move it away" in failed["error"]  # the fix, as at resume
     record = json.loads((out / "sweep.json").read_text())
     assert [t["trial_id"] for t in record["trials"]] == [t["trial_id"] for t in st["trials"]]
     assert len(record["jobs"]) == 2

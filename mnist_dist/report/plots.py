@@ -8,7 +8,12 @@ one entry per config group (the report's rows: seeds of one config, never pooled
 * ``performance.png``: the origin study's four graphs in one figure (train loss, train
   accuracy, test loss, test accuracy per epoch), each with the same mean and seed band.
 * ``final_acc_vs_params.png``: final-epoch test accuracy (%) (or the report's ``--metric``)
-  against the parameter count, one point per group, error bars +-1 std across seeds.
+  against the parameter count: one dot per seed, each group's mean with its 95% t-interval.
+
+Collapsed seeds (``rundir.collapsed``: final accuracy below 20%, the rule status and the
+report use) are counted (in the legend, and at the bottom edge of the params plot), never
+drawn: a dead net at 10% would stretch the axis over the region where the configs differ.
+The statistics drawn are over the seeds that trained; the report's table keeps all seeds.
 
 Held-out curves follow the report's metric: with ``--metric final_val_acc`` (a tuning
 sweep, which never scores the test set) they are the validation ones, in
@@ -24,7 +29,8 @@ import numpy as np
 
 from ..config import TARGET_ACC
 from ..fsio import atomic_open
-from .stats import DEFAULT_METRIC, Group, group_key, metric_label
+from ..rundir import COLLAPSED_BELOW, collapsed
+from .stats import DEFAULT_METRIC, Group, group_key, metric_label, summarize
 
 PANELS = "performance.png"
 PARAMS = "final_acc_vs_params.png"
@@ -91,20 +97,32 @@ def epoch_curves(
     return epochs, mean, std
 
 
-def draw_metric(ax, groups: list[Group], key: str, legend: bool = True) -> list[float]:
-    """Each group's seeds faint, their mean bold with a +-1 std band; returns the lows of
-    each mean's second half (where groups differ), for zooming."""
+def trained(g: Group, metric: str = DEFAULT_METRIC) -> tuple[list[dict[str, Any]], int]:
+    """(the group's runs that trained, how many collapsed): the shared rule, rundir.collapsed;
+    a run without the metric counts as trained."""
+    runs = [r for r in g.runs if not collapsed(r.get(metric))]
+    return runs, len(g.runs) - len(runs)
+
+
+def draw_metric(
+    ax, groups: list[Group], key: str, legend: bool = True, metric: str = DEFAULT_METRIC
+) -> list[float]:
+    """Each group's seeds faint, their mean bold with a +-1 std band, over the seeds that
+    trained (collapsed ones are counted in the legend, not drawn: a dead net at 10% would
+    set the axis); returns the lows of each mean's second half, for zooming."""
     lows = []
     for i, g in enumerate(groups):
         color = f"C{i % 10}"
-        for r in g.runs:
+        runs, dead = trained(g, metric)
+        for r in runs:
             hist = [h for h in r.get("history") or [] if h.get(key) is not None]
             xs, ys = [h["epoch"] for h in hist], [h[key] for h in hist]
             ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
-        epochs, mean, std = epoch_curves(g.runs, key)
+        epochs, mean, std = epoch_curves(runs, key)
         if len(epochs) == 0:
             continue
-        label = f"{g.label} (n={len(g.runs)})" if legend else None
+        gone = f", {dead} collapsed, not drawn" if dead else ""
+        label = f"{g.label} (n={len(g.runs)}{gone})" if legend else None
         style = ("-", "--", ":")[i // 10 % 3]  # colours repeat after 10 groups: styles do not
         ax.plot(epochs, mean, color=color, linewidth=2, label=label, marker="o", markersize=3,
                 linestyle=style)  # fmt: skip
@@ -119,10 +137,12 @@ def draw_metric(ax, groups: list[Group], key: str, legend: bool = True) -> list[
     return lows
 
 
-def plot_curves(groups: list[Group], path: Path, split: str = "test") -> Path:
+def plot_curves(
+    groups: list[Group], path: Path, split: str = "test", metric: str = DEFAULT_METRIC
+) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    lows = draw_metric(ax, groups, f"{split}_acc")
+    lows = draw_metric(ax, groups, f"{split}_acc", metric=metric)
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
     if lows:  # zoom on the second half of training, where the groups differ
         ax.set_ylim(max(0.0, min(lows) - 0.5), 100.0)
@@ -134,12 +154,14 @@ def plot_curves(groups: list[Group], path: Path, split: str = "test") -> Path:
     return path
 
 
-def plot_panels(groups: list[Group], path: Path, split: str = "test") -> Path:
+def plot_panels(
+    groups: list[Group], path: Path, split: str = "test", metric: str = DEFAULT_METRIC
+) -> Path:
     """The origin's four performance graphs, each group's seeds as a mean and band."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, title, unit) in zip(axes.flat, panel_keys(split), strict=True):
-        draw_metric(ax, groups, key, legend=key == f"{split}_acc")
+        draw_metric(ax, groups, key, legend=key == f"{split}_acc", metric=metric)
         if key.endswith("loss"):
             ax.set_yscale("log")  # losses fall over orders of magnitude
         ax.set_title(title)
@@ -157,32 +179,57 @@ def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    xs = []
+    xs, shown = [], []
     for i, g in enumerate(groups):
         params = float(np.mean([r["params"] for r in g.runs]))
-        finals = [float(r[metric]) for r in g.runs]
-        std = float(np.std(finals, ddof=1)) if len(finals) > 1 else 0.0
+        runs, dead = trained(g, metric)
+        finals = [float(r[metric]) for r in runs]
         xs.append(params)
-        label = f"{g.label} (n={len(finals)})"
-        ax.errorbar(params, np.mean(finals), yerr=std, fmt="osD"[i // 10 % 3], capsize=4,
-                    color=f"C{i % 10}", label=label)  # fmt: skip
+        color, marker = f"C{i % 10}", "osD"[i // 10 % 3]
+        if dead:  # counted at the axis' bottom edge, never setting the axis
+            ax.annotate(f"▼ {dead} collapsed", (params, 0), xycoords=("data", "axes fraction"),
+                        ha="center", va="bottom", color=color, fontsize=8)  # fmt: skip
+        if not finals:
+            continue
+        shown += finals
+        jitter = params * (1 + 0.01 * np.linspace(-1, 1, len(finals)))  # seeds side by side
+        ax.scatter(jitter, finals, s=12, color=color, alpha=0.5, marker=marker, linewidths=0)
+        stats = summarize(finals)
+        ci = stats["ci95"] or [stats["mean"]] * 2
+        gone = f", {dead} collapsed" if dead else ""
+        ax.errorbar(params, stats["mean"], yerr=[[stats["mean"] - ci[0]], [ci[1] - stats["mean"]]],
+                    fmt=marker, capsize=4, color=color, markersize=7,
+                    label=f"{g.label} (n={len(g.runs)}{gone})")  # fmt: skip
         if len(groups) <= 5:  # more would pile up: the legend names them
-            ax.annotate(g.label, (params, np.mean(finals)), textcoords="offset points",
-                        xytext=(6, 6))  # fmt: skip
+            ax.annotate(
+                g.label,
+                (params, stats["mean"]),
+                textcoords="offset points",
+                xytext=(8, 10 if i % 2 else -14),
+            )  # alternate: neighbours don't overlap
+    if shown:  # the seeds that trained set the axis, with the target when it is near
+        low, high = min(shown), max(shown)
+        if TARGET_ACC - 1 < high:
+            low, high = min(low, TARGET_ACC), max(high, TARGET_ACC)
+        pad = max(0.05, 0.08 * (high - low))
+        ax.set_ylim(low - pad, high + pad)
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
     ax.set_xscale("log")
     # Plain "7,074"-style labels; log-scale minor labels collide over a narrow range.
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ticks: list[int] = []
-    for x in sorted({int(x) for x in xs}):  # one label per cluster: 3,702 and 3,808 overlap
-        if not ticks or x > ticks[-1] * 1.05:
+    span = max(xs) / min(xs) if xs else 1.0  # labels closer than ~1/12 of the axis collide
+    for x in sorted({int(x) for x in xs}):  # one label per cluster: 6,270 and 7,074 overlap
+        if not ticks or x > ticks[-1] * span ** (1 / 12):
             ticks.append(x)
     ax.set_xticks(ticks)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel(metric_label(metric))
     what = "Final test accuracy" if metric == DEFAULT_METRIC else metric
-    ax.set_title(f"{what} vs parameters, per config (error bars: ±1 std)")
+    ax.set_title(f"{what} vs parameters: each seed, mean and 95% CI of the seeds that trained\n"
+                 f"(collapsed: below {COLLAPSED_BELOW:g}%, counted at the bottom edge)",
+                 fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     _legend(ax, loc="best")
     _save(fig, path)
@@ -196,7 +243,7 @@ def write_plots(groups: list[Group], folder: Path, metric: str = DEFAULT_METRIC)
     groups = sorted(groups, key=lambda g: (group_key(g.value), g.label))
     split = held_out(metric)
     return [
-        plot_curves(groups, folder / curves_name(split), split),
-        plot_panels(groups, folder / PANELS, split),
+        plot_curves(groups, folder / curves_name(split), split, metric),
+        plot_panels(groups, folder / PANELS, split, metric),
         plot_params(groups, folder / PARAMS, metric),
     ]

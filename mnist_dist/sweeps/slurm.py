@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import traceback
 from dataclasses import dataclass
@@ -77,9 +78,15 @@ class Trial:
                 rt.seeds = [c["seed"] for c in self.configs]
                 result = train_seeds(cfg, rt)
         except Exception:  # not BaseException: submitit's requeue exits with SystemExit
-            if rank == 0:
-                for folder in self.folders():
-                    write_text(folder / ERROR, traceback.format_exc())
+            # Every rank may write: the first rank of this job to fail names itself and its
+            # cause; a rank that fails after it (a broken collective) leaves that alone.
+            job = os.environ.get("SLURM_JOB_ID", "local")
+            head = f"rank {rank} on {socket.gethostname()} (job {job}) failed:\n"
+            for folder in self.folders():
+                path = folder / ERROR
+                earlier = path.read_text(errors="replace") if path.is_file() else ""
+                if not (earlier.startswith("rank ") and f"(job {job}) failed" in earlier):
+                    write_text(path, head + traceback.format_exc())
             raise
         if rank == 0:
             for folder in self.folders():  # a stale failure from an earlier run
@@ -174,6 +181,9 @@ def executor_params(name: str, res: Resources, token: str = "") -> dict[str, Any
         mem_gb=res.mem_gb,
         slurm_array_parallelism=res.array_parallelism,
         slurm_signal_delay_s=res.signal_delay_s,
+        # A task that dies takes the job's other tasks with it, at once: a lost rank of a
+        # multi-node trial fails the job (no requeue) instead of leaving the others waiting.
+        slurm_srun_args=["--kill-on-bad-exit=1"],
     )
     if res.gpus_per_node:
         params["gpus_per_node"] = res.gpus_per_node

@@ -116,6 +116,26 @@ def trial_folders(out: Path, record: dict[str, Any]) -> dict[str, Path]:
     return folders
 
 
+def token_jobs(name: str, token: str) -> dict[int, str] | None:
+    """{array index: job id} of the jobs squeue lists for sweep ``name`` whose comment is
+    ``token`` (a lone job is index 0); None when squeue does not answer."""
+    if shutil.which("squeue") is None:
+        return None
+    cmd = ["squeue", "-h", "-r", "-t", "all", "-n", name, "-o", "%i|%k"]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=SLURM_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    jobs = {}
+    for line in proc.stdout.splitlines():
+        job_id, _, comment = line.strip().partition("|")
+        if comment == token:
+            jobs[int(job_id.partition("_")[2] or 0)] = job_id
+    return jobs
+
+
 def squeue_states(job_ids: list[str]) -> dict[str, tuple[str, str, str]] | None:
     """(state, name, comment) per job id ("123_4" for array tasks); None when squeue does
     not answer. squeue knows finished jobs for MinJobAge seconds (300 by default)."""

@@ -39,6 +39,7 @@ from .state import (
     STATES,
     load_record,
     record_lock,
+    token_jobs,
     trial_folders,
     trial_states,
     write_record,
@@ -145,6 +146,7 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         return
     with record_lock(out):  # two reruns of one folder never submit the same trial twice
         old = load_record(out) or {}
+        adopt_interrupted(old, spec.name)
         record = dict(
             name=spec.name,
             file=spec.file,
@@ -258,14 +260,47 @@ def submit(spec, out: Path, record, todo, configs, args) -> None:
     token = secrets.token_hex(6)  # names our jobs to squeue: job numbers are reused
     executor = make_executor(args.cluster, out.resolve(), spec.name, res, token)
     if args.cluster == "slurm":
-        submitted = submit_array(executor, jobs)
+        # The intent goes on disk before sbatch: killed between sbatch and the record, the
+        # next run finds these jobs by their token (adopt_interrupted) instead of
+        # submitting the trials a second time.
+        intent = dict(token=token, trial_ids=[list(t.trial_ids) for t in jobs], written=now())
+        record["intents"] = [intent]
+        write_record(out, record)
+        try:
+            submitted = submit_array(executor, jobs)
+        except UserError:  # sbatch refused: nothing was queued
+            record.pop("intents")
+            write_record(out, record)
+            raise
         for job, trial in zip(submitted, jobs, strict=True):
             add_job(record, job.job_id, trial, "slurm", token)
+        record.pop("intents")
         write_record(out, record)  # once per array
         array_id = submitted[0].job_id.split("_")[0]
         print(f"submitted {len(todo)} trials in {len(jobs)} jobs as job array {array_id}")
     else:  # local and debug run here, so they always wait
         run_here(out, record, executor, jobs, args.cluster, res.array_parallelism, args.poll)
+
+
+def adopt_interrupted(record: dict[str, Any], name: str) -> None:
+    """A submission cut short between sbatch and its record left its intent: the jobs that
+    squeue lists with its token become the record's (array index i: the intent's i-th
+    job), so the plan sees those trials as queued; the intent is then settled."""
+    for intent in record.pop("intents", []):
+        found = token_jobs(name, intent["token"])
+        if found is None:
+            raise UserError(
+                "squeue did not answer, so the jobs of an interrupted submission "
+                f"({intent['written']}) may be queued; nothing submitted: rerun when "
+                "slurmctld answers"
+            )
+        for index, job_id in sorted(found.items()):
+            record.setdefault("jobs", []).append(
+                dict(job_id=job_id, trial_ids=intent["trial_ids"][index], cluster="slurm",
+                     submitted=intent["written"], token=intent["token"])
+            )  # fmt: skip
+        print(f"an interrupted submission ({intent['written']}): {len(found)} of its "
+              f"{len(intent['trial_ids'])} job(s) found in squeue, now in {RECORD}")  # fmt: skip
 
 
 def add_job(record: dict[str, Any], job_id: str, trial: Trial, cluster: str, token: str) -> None:

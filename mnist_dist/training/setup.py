@@ -191,14 +191,24 @@ def finished_result(out: Path, cfg: TrainConfig) -> dict:
     return result
 
 
+# A collective that waits longer than this (minutes) raises: a lost rank ends the trial
+# instead of holding the others until the job's time limit (gloo's default is 30 min).
+COLLECTIVE_TIMEOUT_MIN = 5
+
+
 def make_accelerator(cfg: TrainConfig, rt: Runtime):
+    from datetime import timedelta
+
     from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
 
     if cfg.mixed_precision == "fp16" and (rt.cpu or not torch.cuda.is_available()):
         raise UserError("--mixed-precision fp16 needs a CUDA GPU; on CPU use bf16 or no")
     # cpu=True is also what makes Accelerate see torchrun's processes as MULTI_CPU (gloo).
     accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, cpu=rt.cpu or not torch.cuda.is_available()
+        mixed_precision=cfg.mixed_precision,
+        cpu=rt.cpu or not torch.cuda.is_available(),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=COLLECTIVE_TIMEOUT_MIN))],
     )
     if accelerator.num_processes != cfg.world_size:
         raise UserError(
