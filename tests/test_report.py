@@ -202,7 +202,7 @@ def test_corrupted_result_reports_the_rest_and_names_the_file(tmp_path):
         (lambda p: p.mkdir(), [], "holds no runs"),
         (lambda p: write_sweep(p, synthetic_results(1)), ["--by", "colour"], "unknown --by key"),
         (lambda p: write_sweep(p, [], ["a", "b"]), [], "no finished trials (2 missing"),
-        (lambda p: (p.mkdir(), (p / "sweep.json").write_text("{")), [], "sweep.json is unreadable"),
+        (lambda p: (p.mkdir(), (p / "sweep.json").write_text("{")), [], "is not a readable sweep"),
         (lambda p: write_sweep(p, synthetic_results(1)), ["--wandb", "e/p"], "one of them"),
     ],
 )
