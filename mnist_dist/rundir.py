@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import socket
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,10 @@ REQUIRED = {"step": str, "params": int, "final_test_acc": (int, float, type(None
 TRAIN_LOCK = ".train.lock"  # flock'd by the trainer of the folder; names its holder
 
 
+class FolderBusy(UserError):
+    """Another live process trains this folder (a sweep trial must not write error.txt)."""
+
+
 @contextlib.contextmanager
 def trial_locks(folders: list[Path]) -> Iterator[None]:
     """Held by rank 0 while it trains ``folders`` (a pack: one per seed). flock, not a
@@ -65,10 +70,14 @@ def trial_locks(folders: list[Path]) -> Iterator[None]:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-                raise UserError(
+                raise FolderBusy(
                     f"{folder} is being trained by another process ({holder}); let it finish, "
                     "or train into another --out"
                 ) from None
+            except OSError as e:  # a filesystem without flock (Lustre mounted noflock)
+                print(f"mnist-dist: warning: {folder}: no OS lock here ({e.strerror}); "
+                      "nothing stops a second trainer of this folder", file=sys.stderr)  # fmt: skip
+                continue
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield

@@ -342,6 +342,31 @@ def test_a_16_bit_grey_reads_like_its_8_bit_twin(tmp_path):
     assert torch.equal(sixteen, eight)
 
 
+@pytest.mark.parametrize("bits", [8, 12])
+def test_greys_stored_in_16_bit_files_are_scaled_by_their_depth(tmp_path, bits):
+    """8-bit values in a 16-bit file (Image.fromarray(a.astype(uint16))) and 12-bit camera
+    data read like their 8-bit twin, not as ink 16 times too faint."""
+    gray = a_seven()
+    Image.fromarray(gray).save(tmp_path / "8.png")
+    scale = (2**bits - 1) / 255
+    Image.fromarray(np.round(gray * scale).astype(np.uint16)).save(tmp_path / "n.png")
+    got = preprocess(read_image(tmp_path / "n.png"))
+    assert torch.equal(got, preprocess(read_image(tmp_path / "8.png")))
+
+
+def test_a_card_with_a_transparent_margin_reads_as_the_card(tmp_path):
+    """A dark digit on a white card whose corners are cut out (transparent): the margin
+    takes the card's colour, so the card is not read as ink."""
+    gray = a_seven()
+    rgba = np.zeros((*gray.shape, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = gray[..., None], 255
+    rgba[:10, :10, 3] = rgba[-10:, -10:, 3] = 0  # cut corners
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "card.png")
+    Image.fromarray(gray).save(tmp_path / "plain.png")
+    got = preprocess(read_image(tmp_path / "card.png"))
+    assert torch.equal(got, preprocess(read_image(tmp_path / "plain.png")))
+
+
 def test_an_animated_image_is_read_at_its_first_frame_with_a_notice(tmp_path, capsys):
     first = Image.fromarray(a_seven())
     first.save(tmp_path / "first.png")

@@ -95,6 +95,22 @@ def test_collapsed_seeds_count_in_n_and_are_named_by_report_and_status(tmp_path,
     assert [t["collapsed"] for t in trials] == [True, False, False, False]
 
 
+def test_the_plots_count_collapsed_seeds_for_accuracies_only():
+    """A seed under 20% accuracy is a dead net; 12 s of training time or a loss of 0.3 is
+    not: the plots' rule reads the report's metric."""
+    from mnist_dist.report.plots import trained
+    from mnist_dist.report.stats import config_groups
+
+    results = [fake_result("step1", s, [a], params=100) for s, a in ((0, 9.8), (1, 98.9))]
+    for r in results:
+        r["train_seconds"] = 12.0
+    (group,) = config_groups(results, "step")[0]
+    runs, dead = trained(group)
+    assert [r["seed"] for r in runs] == [1] and dead == 1
+    runs, dead = trained(group, "train_seconds")
+    assert len(runs) == 2 and dead == 0
+
+
 def test_works_on_any_folder_of_runs_and_by_never_pools_configs(tmp_path):
     """--by lr over step1 and step4: one lr value holds two configs, so two rows, named."""
     results = synthetic_results(seeds=2)

@@ -125,6 +125,8 @@ def test_dry_run_shows_what_each_job_is_submitted_with(tmp_path, capsys):
          "not a readable sweep record (ValueError: no sweep name)"),
         (lambda o: (o.mkdir(), (o / "sweep.json").write_text(
             '{"name": "t", "trials": [{"trial_id": "a"}]}')), (), "KeyError: 'config'"),
+        (lambda o: (o.mkdir(), (o / "sweep.json").write_text(
+            '{"name": "t", "trials": [{"config": {}}]}')), (), "KeyError: 'trial_id'"),
     ],
 )  # fmt: skip
 def test_bad_folders_and_flags_are_one_line(tmp_path, capsys, make, args, fragment):
@@ -291,6 +293,12 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     assert [t["trial_id"] for t in record["trials"]] == [t["trial_id"] for t in st["trials"]]
     assert len(record["jobs"]) == 2
 
+    # Another cause on the rerun: error.txt tells this attempt's, not the first one's.
+    (out / bad_id / "checkpoint.pt").write_bytes(b"")
+    assert run_cli(*args, "--poll", "0.5").returncode == 1
+    again = {t["trial_id"]: t for t in status(out)["trials"]}[bad_id]
+    assert again["state"] == "failed" and "checkpoint.pt is empty" in again["error"]
+
     # Fix the cause; the rerun submits only the failed trial and clears its error.txt.
     (out / bad_id / "checkpoint.pt").unlink()
     proc = run_cli(*args, "--poll", "0.5")
@@ -298,7 +306,7 @@ def test_local_sweep_failure_status_and_rerun(tmp_path, tiny_mnist):
     assert proc.stdout.count("submit") == 1 and "skip (done)" in proc.stdout
     assert not (out / bad_id / "error.txt").exists()
     assert status(out)["counts"]["done"] == 2
-    assert len(json.loads((out / "sweep.json").read_text())["jobs"]) == 3
+    assert len(json.loads((out / "sweep.json").read_text())["jobs"]) == 4
     assert run_cli("status", str(out), "--check").returncode == 0
 
 
@@ -387,7 +395,8 @@ def test_pack_seeds_trains_each_configs_seeds_in_packs(tmp_path, tiny_mnist):
     results = {seed_of[p.parent.name]: json.loads(p.read_text()) for p in out.glob("*/result.json")}
     assert results[0]["packed_with"] == [1] and results[1]["packed_with"] == [0]
     assert "packed_with" not in results[2]  # a pack of one takes the plain path
-    assert not list(out.glob("*/error.txt")) and list(out.glob(".packs/*.pt"))
+    assert not list(out.glob("*/error.txt"))
+    assert not list(out.glob(".packs/*.pt"))  # a finished pack leaves no resume state
     # A lost result: the rerun submits its pack's missing seed only.
     (out / [t for t, s in seed_of.items() if s == 1][0] / "result.json").unlink()
     proc = run_cli(*args, "--poll", "0.5")

@@ -470,6 +470,7 @@ def test_bad_arguments_give_one_line_errors(tiny_mnist, tmp_path, capsys, args, 
         (("--seed", "-1"), "--seed must be in [0, 4294967295] (numpy's range), got -1"),
         (("--seed", "4294967296"), "--seed must be in [0, 4294967295]"),
         (("--seeds", "0-4294967296"), "seeds must be in [0, 4294967295]"),
+        (("--seeds", "0-4294967295"), "a pack holds at most 10,000 seeds"),  # not 4e9 in memory
     ],
 )
 def test_numbers_that_cannot_train_are_refused_before_anything_is_written(

@@ -89,19 +89,26 @@ def read_image(path: Path):
 
 
 def grayscale(img) -> np.ndarray:
-    """float32 (H, W) in [0, 255]. 16-bit greys are scaled (Pillow's convert("L") clips
-    them at 255). Transparent pixels become paper of the colour that shows the ink: black
-    behind light ink, white behind dark ink (the opaque pixels' mean brightness decides)."""
+    """float32 (H, W) in [0, 255]. Greys of more than 8 bits are scaled by their depth
+    (Pillow's convert("L") clips them at 255). Transparent pixels become paper: of the
+    card's colour when most pixels are opaque (a card with its margin cut out), else of
+    the colour that shows the ink (black behind light ink, white behind dark)."""
     from PIL import Image
 
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):  # 16-bit PNG and TIFF greys
-        return np.asarray(img, dtype=np.float32) * (255.0 / 65535.0)
+        gray = np.asarray(img, dtype=np.float32)
+        top = float(gray.max(initial=0.0))  # 8-, 10-, 12- or 16-bit data: scale by its depth
+        bits = next((b for b in (8, 10, 12, 16) if top < 2**b), 16)
+        return np.multiply(gray, 255.0 / (2**bits - 1), out=gray)
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         opaque = np.asarray(rgba, dtype=np.uint8)[..., 3] > 127
-        light = np.asarray(rgba.convert("L"), dtype=np.float32)[opaque]
-        paper = "black" if light.size and float(light.mean()) > 127.5 else "white"
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, paper), rgba)
+        levels = np.asarray(rgba.convert("L"), dtype=np.float32)[opaque]
+        if levels.size > opaque.size / 2:  # mostly opaque: a card, its margin cut out
+            level = int(np.median(levels))  # the margin takes the card's own colour
+        else:  # the opaque part is the ink: paper that shows it
+            level = 0 if levels.size and float(levels.mean()) > 127.5 else 255
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (level,) * 3 + (255,)), rgba)
     return np.asarray(img.convert("L"), dtype=np.float32)
 
 

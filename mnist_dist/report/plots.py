@@ -30,7 +30,7 @@ import numpy as np
 from ..config import TARGET_ACC
 from ..fsio import atomic_open
 from ..rundir import COLLAPSED_BELOW, collapsed
-from .stats import DEFAULT_METRIC, Group, group_key, metric_label, summarize
+from .stats import DEFAULT_METRIC, Group, group_key, is_accuracy, metric_label, summarize
 
 PANELS = "performance.png"
 PARAMS = "final_acc_vs_params.png"
@@ -100,6 +100,8 @@ def epoch_curves(
 def trained(g: Group, metric: str = DEFAULT_METRIC) -> tuple[list[dict[str, Any]], int]:
     """(the group's runs that trained, how many collapsed): the shared rule, rundir.collapsed;
     a run without the metric counts as trained."""
+    if not is_accuracy(metric):  # 20 s or a loss of 20 is no dead net
+        return list(g.runs), 0
     runs = [r for r in g.runs if not collapsed(r.get(metric))]
     return runs, len(g.runs) - len(runs)
 
@@ -209,7 +211,7 @@ def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -
             )  # alternate: neighbours don't overlap
     if shown:  # the seeds that trained set the axis, with the target when it is near
         low, high = min(shown), max(shown)
-        if TARGET_ACC - 1 < high:
+        if is_accuracy(metric) and TARGET_ACC - 1 < high:
             low, high = min(low, TARGET_ACC), max(high, TARGET_ACC)
         pad = max(0.05, 0.08 * (high - low))
         ax.set_ylim(low - pad, high + pad)

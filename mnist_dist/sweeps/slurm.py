@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fsio import write_text
-from ..rundir import ERROR
+from ..rundir import ERROR, FolderBusy
 from .spec import Resources
 from .state import SLURM_TIMEOUT_S
 
@@ -77,10 +77,13 @@ class Trial:
             else:
                 rt.seeds = [c["seed"] for c in self.configs]
                 result = train_seeds(cfg, rt)
+        except FolderBusy:  # another live trainer owns the folder: its files stay its own
+            raise
         except Exception:  # not BaseException: submitit's requeue exits with SystemExit
             # Every rank may write: the first rank of this job to fail names itself and its
             # cause; a rank that fails after it (a broken collective) leaves that alone.
-            job = os.environ.get("SLURM_JOB_ID", "local")
+            job = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")
+            job = job or f"pid {os.getpid()}"  # debug: in-process, one attempt per process
             head = f"rank {rank} on {socket.gethostname()} (job {job}) failed:\n"
             for folder in self.folders():
                 path = folder / ERROR

@@ -52,6 +52,7 @@ def load_record(out: Path) -> dict[str, Any] | None:
         if not isinstance(record.get("name"), str):
             raise ValueError("no sweep name")
         for t in record["trials"]:
+            str(t["trial_id"])
             if not isinstance(t["config"], dict):
                 raise TypeError(f"trial {t['trial_id']!r} has no config table")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

@@ -146,7 +146,8 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         return
     with record_lock(out):  # two reruns of one folder never submit the same trial twice
         old = load_record(out) or {}
-        adopt_interrupted(old, spec.name)
+        if args.cluster == "slurm":  # local and debug jobs ran here: no intent outlives them
+            adopt_interrupted(old, spec.name)
         record = dict(
             name=spec.name,
             file=spec.file,

@@ -59,6 +59,7 @@ def train_seeds(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> d
             ckpt = load_pack_state(state_path, base, todo) if rt.resume else None
             run = PackRun(pack, rt, [folders[s] for s in todo], ckpt, state_path)
             results.update(fit(run, on_epoch))
+            state_path.unlink(missing_ok=True)  # every seed holds its result: nothing to resume
     return results
 
 

@@ -192,8 +192,10 @@ def finished_result(out: Path, cfg: TrainConfig) -> dict:
 
 
 # A collective that waits longer than this (minutes) raises: a lost rank ends the trial
-# instead of holding the others until the job's time limit (gloo's default is 30 min).
-COLLECTIVE_TIMEOUT_MIN = 5
+# instead of holding the others until the job's time limit (gloo's default is 30 min). On
+# SLURM, srun --kill-on-bad-exit ends it sooner; this also covers rank 0's first download
+# of MNIST (11 MB), which the other ranks wait for.
+COLLECTIVE_TIMEOUT_MIN = 10
 
 
 def make_accelerator(cfg: TrainConfig, rt: Runtime):
