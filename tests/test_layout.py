@@ -17,7 +17,7 @@ from .conftest import REPO
 
 PKG = REPO / "mnist_dist"
 ENTRIES = {"cli", "train", "__main__", "slurm"}  # dispatchers and a pickle shim, at the top
-CONCERNS = {"training", "sweeps", "report", "bench", "recognizer"}
+CONCERNS = {"training", "sweeps", "report", "bench", "recognizer", "tune"}
 
 
 def modules() -> list[str]:

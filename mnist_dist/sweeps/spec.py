@@ -281,14 +281,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
         resources=resources,
         wandb=wandb,
     )
-    _check_resources(spec)
+    check_resources(spec.resources, f"{path} [resources]")
+    if spec.wandb.mode not in ("off", "offline", "online"):
+        raise UserError(f"{spec.file} [wandb].mode must be off, offline or online")
     if spec.size() == 0:
         raise UserError(f"empty grid: {path} has no [grid] lists and no [[trials]]")
     return spec
 
 
-def _check_resources(spec: SweepSpec) -> None:
-    r, where = spec.resources, f"{spec.file} [resources]"
+def check_resources(r: Resources, where: str) -> None:
+    """[resources] values that make no sense, or would break the batch script: one line."""
     keys = ("time_min", "nodes", "cpus_per_task", "array_parallelism", "max_num_timeout")
     for key in keys + ("pack_seeds",):
         if getattr(r, key) < 1:
@@ -313,5 +315,3 @@ def _check_resources(spec: SweepSpec) -> None:
             f"{where}: tasks_per_node ({r.tasks_per_node}) must equal gpus_per_node "
             f"({r.gpus_per_node}): one process per GPU"
         )
-    if spec.wandb.mode not in ("off", "offline", "online"):
-        raise UserError(f"{spec.file} [wandb].mode must be off, offline or online")

@@ -1,0 +1,226 @@
+"""Tune files: strict TOML -> a search space over TrainConfig fields, with the test set locked.
+
+A tune file (``jobs/*_tune.toml``; issue #23)::
+
+    name = "goal"                  # tune folder: runs/tunes/<name>
+    seeds = [0, 1, 2]              # validation seeds per trial: the objective is their mean
+    max_params = 8000              # a sampled model above this never trains
+    max_epochs = 15                # optional: `epochs` may not exceed it
+    [fixed]                        # TrainConfig fields every trial shares
+    step = "step7"
+    epochs = 15
+    val_split = 5000               # required: the objective's images
+    [space]                        # TrainConfig fields searched, one table each
+    lr = { low = 0.01, high = 0.2, log = true }
+    batch_size = { choices = [64, 128] }
+    pct_start = { low = 0.1, high = 0.4, step = 0.05 }
+    [sampler]                      # tpe (default) or random; seeded
+    seed = 0
+    [pruner]                       # median, successive_halving or none, at these epochs
+    name = "median"
+    at_epochs = [3, 6, 9]
+    [resources]                    # as in sweep files
+
+The objective is the mean final-epoch validation accuracy over ``seeds``. ``epochs``,
+``val_split`` and ``test_eval`` can be fixed, never searched; ``test_eval`` is always
+"never" and ``val_split`` above 0, so no trial of a tune ever scores the test set.
+Every table is strict: an unknown key or field is a one-line error naming the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import UserError
+from ..sweeps.spec import NAME_RE, Resources, _strict, _train_fields, check_resources
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+TOP_KEYS = ("name", "description", "seeds", "max_params", "max_epochs", "trials", "fixed",
+            "space", "sampler", "pruner", "resources")  # fmt: skip
+NEVER_SEARCHED = ("epochs", "val_split", "test_eval", "seed", "world_size")
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("median", "successive_halving", "none")
+
+
+@dataclass
+class Dimension:
+    """One searched field: a float or int range (``log``, ``step``) or ``choices``."""
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    def suggest(self, trial) -> Any:
+        """This field's value for an Optuna trial (its ``suggest_*``, by the field's type)."""
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, self.choices)
+        if _field_type(self.name) is int:
+            step = int(self.step or 1)
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=step,
+                                     log=self.log)  # fmt: skip
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+
+@dataclass
+class Sampler:
+    name: str = "tpe"
+    seed: int = 0  # worker k samples with seed + k
+
+
+@dataclass
+class Pruner:
+    name: str = "median"
+    at_epochs: list[int] = field(default_factory=list)  # empty: never prunes
+
+
+@dataclass
+class TuneSpec:
+    name: str
+    file: str
+    seeds: list[int]
+    max_params: int
+    fixed: dict[str, Any]
+    space: list[Dimension]
+    sampler: Sampler
+    pruner: Pruner
+    resources: Resources
+    max_epochs: int | None = None
+    trials: int = 20  # `tune --trials` default: a total over every call
+    description: str = ""
+
+    def config(self, trial, seed: int) -> TrainConfig:
+        """The resolved config of an Optuna trial's sample, for one of ``seeds``."""
+        values = {d.name: d.suggest(trial) for d in self.space}
+        return TrainConfig(**self.fixed, **values, seed=seed).resolve()
+
+
+def _field_type(name: str) -> type:
+    hint = typing.get_type_hints(TrainConfig)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def _dimension(name: str, table: Any, where: str) -> Dimension:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if name not in fields:
+        raise UserError(f"unknown field {name!r} in {where}; valid: {', '.join(sorted(fields))}")
+    if name in NEVER_SEARCHED:
+        raise UserError(f"{where}.{name} cannot be searched: fix it in [fixed] (or leave it out)")
+    dim = Dimension(name=name, **_strict(_DimensionKeys, table, f"{where}.{name}"))
+    kind = _field_type(name)
+    if dim.choices is not None:
+        if dim.low is not None or dim.high is not None or not dim.choices:
+            raise UserError(f"{where}.{name}: give either choices = [...] (non-empty) or low/high")
+        return dim
+    if kind not in (int, float):
+        raise UserError(f"{where}.{name} is {kind.__name__}: search it with choices = [...]")
+    if dim.low is None or dim.high is None:
+        raise UserError(f"{where}.{name} needs low and high (or choices = [...])")
+    if not all(math.isfinite(v) for v in (dim.low, dim.high)) or not dim.low < dim.high:
+        raise UserError(f"{where}.{name}: low must be below high, both finite")
+    if dim.log and (dim.low <= 0 or dim.step is not None):
+        raise UserError(f"{where}.{name}: log needs low above 0 and no step")
+    if kind is int and not (float(dim.low).is_integer() and float(dim.high).is_integer()):
+        raise UserError(f"{where}.{name} is an int field: low and high must be whole numbers")
+    return dim
+
+
+@dataclass
+class _DimensionKeys:  # the keys a [space] entry may hold, for _strict
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None
+
+
+def load_tune(path: str | Path) -> TuneSpec:
+    """Read and validate a tune file; every problem is a one-line ``UserError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"tune file {str(path)!r} not found (see jobs/*_tune.toml)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML: {e}") from None
+    for key in data:
+        if key not in TOP_KEYS:
+            raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(TOP_KEYS)}")
+    name = data.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise UserError(f"{path}: name must be a folder-safe string (letters, digits, . _ -)")
+    seeds = data.get("seeds")
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):  # fmt: skip
+        raise UserError(f"{path}: seeds must be a non-empty list of distinct ints, e.g. [0, 1, 2]")
+    numbers = {}
+    for key in ("max_params", "max_epochs", "trials"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):  # fmt: skip
+            raise UserError(f"{path}: {key} must be a whole number of at least 1, got {value!r}")
+        numbers[key] = value
+    if numbers["max_params"] is None:
+        raise UserError(f"{path}: max_params is required (the parameter budget, e.g. 8000)")
+    fixed = _train_fields(data.get("fixed", {}), f"{path} [fixed]")
+    if fixed.get("test_eval", "never") != "never":
+        raise UserError(f"{path} [fixed].test_eval must be \"never\": a tune never scores the "
+                        "test set")  # fmt: skip
+    if fixed.get("val_split", 0) < 1:
+        raise UserError(f"{path} [fixed].val_split must hold validation images (e.g. 5000): "
+                        "the objective is the validation accuracy")  # fmt: skip
+    fixed["test_eval"] = "never"
+    space_raw = data.get("space", {})
+    if not isinstance(space_raw, dict) or not space_raw:
+        raise UserError(f"{path}: [space] must name at least one field to search")
+    space = [_dimension(k, v, f"{path} [space]") for k, v in space_raw.items()]
+    both = sorted(set(fixed) & {d.name for d in space})
+    if both:
+        raise UserError(f"{path}: {both[0]!r} is in both [fixed] and [space]; keep one")
+    sampler = Sampler(**_strict(Sampler, data.get("sampler", {}), f"{path} [sampler]"))
+    if sampler.name not in SAMPLERS:
+        raise UserError(f"{path} [sampler].name must be one of {', '.join(SAMPLERS)}")
+    pruner = Pruner(**_strict(Pruner, data.get("pruner", {}), f"{path} [pruner]"))
+    if pruner.name not in PRUNERS:
+        raise UserError(f"{path} [pruner].name must be one of {', '.join(PRUNERS)}")
+    resources = Resources(**_strict(Resources, data.get("resources", {}), f"{path} [resources]"))
+    spec = TuneSpec(
+        name=name, file=str(path), seeds=seeds, max_params=numbers["max_params"], fixed=fixed,
+        space=space, sampler=sampler, pruner=pruner, resources=resources,
+        max_epochs=numbers["max_epochs"], trials=numbers["trials"] or 20,
+        description=str(data.get("description", "")),
+    )  # fmt: skip
+    _check_fixed(spec, path)
+    return spec
+
+
+def _check_fixed(spec: TuneSpec, path: Path) -> None:
+    """The fixed values as a config (each range's low end sampled): TrainConfig's checks,
+    the epoch cap and the pruner's epochs, at parse time."""
+    low = {d.name: d.choices[0] if d.choices is not None else d.low for d in spec.space}
+    low = {k: int(v) if _field_type(k) is int else v for k, v in low.items()}
+    try:
+        cfg = TrainConfig(**spec.fixed, **low, seed=spec.seeds[0]).resolve()
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    if spec.max_epochs is not None and cfg.epochs > spec.max_epochs:
+        raise UserError(f"{path}: epochs ({cfg.epochs}) is over max_epochs ({spec.max_epochs})")
+    late = [e for e in spec.pruner.at_epochs if not 1 <= e < cfg.epochs]
+    if late:
+        raise UserError(f"{path} [pruner].at_epochs: {late[0]} is not an epoch before the last "
+                        f"({cfg.epochs})")  # fmt: skip
+    check_resources(spec.resources, f"{path} [resources]")

@@ -1,0 +1,103 @@
+"""Tune files (issue #23's groundwork): strict, the test set locked, and a search space that
+Optuna samples within its bounds, reproducibly for a seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mnist_dist.errors import UserError
+from mnist_dist.tune.spec import load_tune
+
+GOOD = """
+name = "t"
+seeds = [0, 1, 2]
+max_params = 8000
+max_epochs = 15
+[fixed]
+step = "step7"
+epochs = 15
+val_split = 5000
+[space]
+lr = { low = 0.01, high = 0.2, log = true }
+batch_size = { choices = [64, 128] }
+pct_start = { low = 0.1, high = 0.4, step = 0.05 }
+train_limit = { low = 20000, high = 55000, step = 5000 }
+[pruner]
+name = "median"
+at_epochs = [3, 6, 9]
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "t.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
+    import optuna
+
+    spec = load_tune(write(tmp_path, GOOD))
+    assert spec.fixed["test_eval"] == "never"  # locked, though the file does not say it
+
+    def sample(seed: int) -> list[dict]:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        out = []
+        for _ in range(30):
+            trial = study.ask()
+            cfg = spec.config(trial, seed=1)
+            out.append(dict(lr=cfg.lr, batch_size=cfg.batch_size, pct_start=cfg.pct_start,
+                            train_limit=cfg.train_limit))  # fmt: skip
+            study.tell(trial, 0.0)
+        return out
+
+    first = sample(0)
+    assert first == sample(0) and first != sample(1)
+    assert all(0.01 <= s["lr"] <= 0.2 for s in first)
+    assert {s["batch_size"] for s in first} == {64, 128}
+    assert {s["train_limit"] for s in first} <= set(range(20000, 55001, 5000))  # ints
+    steps = [round((s["pct_start"] - 0.1) / 0.05, 9) for s in first]
+    assert all(0.1 - 1e-9 <= s["pct_start"] <= 0.4 + 1e-9 for s in first)
+    assert all(float(k).is_integer() for k in steps)  # on the 0.05 grid
+    logs = sorted(math.log10(s["lr"]) for s in first)  # log scale: both decades are sampled
+    assert logs[0] < -1.3 and logs[-1] > -1.0
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (("[space]", "[space]\nepochs = { low = 5, high = 15 }"), "epochs cannot be searched"),
+        (("[space]", "[space]\nlr_step = { low = 2, high = 8 }"), "--lr-step/--lr-gamma set"),
+        (("[space]", "[space]\nval_split = { choices = [0, 5000] }"), "val_split cannot be"),
+        (("[space]", "[space]\ntest_eval = { choices = [\"never\"] }"), "test_eval cannot be"),
+        (("val_split = 5000", "val_split = 5000\ntest_eval = \"final\""),
+         'test_eval must be "never"'),
+        (("val_split = 5000", "val_split = 0"), "val_split must hold validation images"),
+        (("\nepochs = 15", "\nepochs = 20"), "epochs (20) is over max_epochs (15)"),
+        (("[space]", "[space]\nlrr = { low = 1, high = 2 }"), "unknown field 'lrr'"),
+        (("[space]", "[space]\nlr_gamma = { low = 0.5, high = 0.1 }"), "low must be below high"),
+        (("[space]", "[space]\nweight_decay = { low = 0, high = 0.1, log = true }"),
+         "log needs low above 0"),
+        (("[space]", "[space]\noptimizer = { low = 0, high = 1 }"), "search it with choices"),
+        (("[space]", "[space]\nmomentum = { low = 0.8 }"), "needs low and high"),
+        (("[space]", "[space]\nmomentum = { low = 0.8, high = 0.99, spread = 1 }"),
+         "unknown key 'spread'"),
+        (("[fixed]", "[fixed]\nlr = 0.1"), "'lr' is in both [fixed] and [space]"),
+        (("max_params = 8000", "max_params = 0"), "max_params must be a whole number"),
+        (("seeds = [0, 1, 2]", "seeds = [0, 0]"), "seeds must be a non-empty list of distinct"),
+        (('name = "t"', 'name = "t\\n"'), "name must be a folder-safe string"),
+        (("name = \"t\"", "name = \"t\"\ncolour = 1"), "unknown key 'colour'"),
+        (("at_epochs = [3, 6, 9]", "at_epochs = [3, 15]"), "at_epochs: 15 is not an epoch"),
+        (('name = "median"', 'name = "hyperband"'), "[pruner].name must be one of"),
+        (("[pruner]", "[resources]\npartition = \"a\\nb\"\n[pruner]"), "newline"),
+        (("[space]", "[space]\nrotate_deg = { low = 0, high = 1e400 }"), "both finite"),
+    ],
+)  # fmt: skip
+def test_bad_tune_files_are_one_line_errors(tmp_path, edit, fragment):
+    old, new = edit
+    assert old in GOOD
+    with pytest.raises(UserError) as e:
+        load_tune(write(tmp_path, GOOD.replace(old, new, 1)))
+    assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
