@@ -29,6 +29,7 @@ from .conftest import (
     timeless,
     why_no_local_cluster,
 )
+from .test_sweep import TINY
 
 ENV = cluster_env("mdtest1", partition="one", ctld_port=6827, net="10.77.2")
 pytestmark = [
@@ -231,19 +232,8 @@ def test_a_state_folder_another_user_made_is_refused(tmp_path):
     assert list(state.iterdir()) == []  # nothing written there
 
 
-HELD = """
-name = "held"
-[grid]
-seed = [0, 1]
-[defaults]
-step = "step4"
-epochs = 1
-train_limit = 256
-[resources]
-cpus_per_task = 1
-time_min = 5
-sbatch_extra = { hold = true }  # queued, never started: the test counts them
-"""
+# test_sweep's tiny two-seed sweep, its jobs held: queued, never started, so they can be counted
+HELD = 'name = "held"\n' + TINY + "sbatch_extra = { hold = true }\n"
 
 
 def test_a_sweep_killed_between_sbatch_and_its_record_never_submits_twice(

@@ -229,23 +229,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
-    """Read and validate a sweep file, with ``--set`` overrides applied to its tables first;
-    every problem is a one-line ``UserError``."""
-    path = Path(path)
+def read_job_file(path: Path, kind: str, top_keys: tuple[str, ...],
+                  overrides: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """A sweep or tune file's TOML (``--set`` overrides applied), its top-level keys and
+    its folder-safe ``name`` checked; every problem is a one-line ``UserError``."""
     if not path.is_file():
-        raise UserError(f"sweep file {str(path)!r} not found (see jobs/*.toml for examples)")
+        raise UserError(f"{kind} file {str(path)!r} not found (see jobs/*.toml for examples)")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML: {e}") from None
     data = apply_overrides(data, overrides or [])
     for key in data:
-        if key not in TOP_KEYS:
-            raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(TOP_KEYS)}")
+        if key not in top_keys:
+            raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(top_keys)}")
     name = data.get("name")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UserError(f"{path}: name must be a folder-safe string (letters, digits, . _ -)")
+    return data
+
+
+def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read and validate a sweep file, with ``--set`` overrides applied to its tables first;
+    every problem is a one-line ``UserError``."""
+    path = Path(path)
+    data = read_job_file(path, "sweep", TOP_KEYS, overrides)
+    name = data["name"]
     grid_where, defaults_where = f"{path} [grid]", f"{path} [defaults]"
     grid_raw = data.get("grid", {})
     if not isinstance(grid_raw, dict):

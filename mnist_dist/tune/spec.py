@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +38,7 @@ from typing import Any
 
 from ..config import TrainConfig
 from ..errors import UserError
-from ..sweeps.spec import NAME_RE, Resources, _strict, _train_fields, check_resources
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 only
-    import tomli as tomllib
+from ..sweeps.spec import Resources, _strict, _train_fields, check_resources, read_job_file
 
 TOP_KEYS = ("name", "description", "seeds", "max_params", "max_epochs", "trials", "fixed",
             "space", "sampler", "pruner", "resources")  # fmt: skip
@@ -151,18 +145,8 @@ class _DimensionKeys:  # the keys a [space] entry may hold, for _strict
 def load_tune(path: str | Path) -> TuneSpec:
     """Read and validate a tune file; every problem is a one-line ``UserError``."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"tune file {str(path)!r} not found (see jobs/*_tune.toml)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: invalid TOML: {e}") from None
-    for key in data:
-        if key not in TOP_KEYS:
-            raise UserError(f"unknown key {key!r} in {path}; valid keys: {', '.join(TOP_KEYS)}")
-    name = data.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UserError(f"{path}: name must be a folder-safe string (letters, digits, . _ -)")
+    data = read_job_file(path, "tune", TOP_KEYS)
+    name = data["name"]
     seeds = data.get("seeds")
     if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):  # fmt: skip
