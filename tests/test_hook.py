@@ -12,7 +12,7 @@ import pytest
 
 from mnist_dist.config import Runtime, TrainConfig
 from mnist_dist.training import train, train_seeds
-from mnist_dist.training.loop import GO_ON, PRUNED
+from mnist_dist.training.loop import GO_ON, PRUNED, stop_diverged
 
 from .conftest import make_tiny_mnist, run_cli, timeless
 from .test_pack import assert_same_history
@@ -185,3 +185,13 @@ def test_a_diverged_seed_leaves_its_pack_mates_unchanged_bit_for_bit(tmp_path, m
     for s in (0, 2):
         assert hit[s]["state"] == "done"
         assert timeless(hit[s]["history"]) == timeless(clean[s]["history"])  # bit for bit
+
+
+def test_the_divergence_rule_reads_every_loss_of_the_epoch():
+    """NaN weights from an epoch's last batch leave its mean training loss finite: the
+    held-out losses show them."""
+    nan, inf = float("nan"), float("inf")
+    rows = [dict(train_loss=0.1, val_loss=0.2), dict(train_loss=0.1, test_loss=nan),
+            dict(train_loss=inf), dict(train_loss=0.3, val_loss=nan, test_loss=0.1),
+            dict(train_loss=0.3, test_loss=0.4)]  # fmt: skip
+    assert stop_diverged(1, rows) == [GO_ON, "diverged", "diverged", "diverged", GO_ON]

@@ -39,10 +39,17 @@ def go_on(epoch: int, rows: list[dict[str, Any]]) -> list[str]:
     return [GO_ON] * len(rows)
 
 
+LOSSES = ("train_loss", "val_loss", "test_loss")  # the epoch's losses the rule reads
+
+
 def stop_diverged(epoch: int, rows: list[dict[str, Any]]) -> list[str]:
-    """The divergence rule: a seed whose epoch training loss is NaN or infinite stops.
+    """The divergence rule: a seed with a NaN or infinite loss this epoch stops: training,
+    or a held-out one (weights that went NaN on the epoch's last batch show only there).
     (Its weights are NaN from then on; a pack's other seeds never see them.)"""
-    return [GO_ON if math.isfinite(row["train_loss"]) else DIVERGED for row in rows]
+    return [
+        GO_ON if all(math.isfinite(row[k]) for k in LOSSES if row.get(k) is not None) else DIVERGED
+        for row in rows
+    ]
 
 
 def ask(hooks: tuple[EpochHook, ...], epoch: int, rows: list[dict[str, Any]]) -> list[str]:
