@@ -12,8 +12,16 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 from .errors import UserError
 
@@ -60,6 +68,34 @@ RECIPES: dict[str, dict[str, Any]] = {
 # Issue #12's pick: the search's best on validation (99.48 +- 0.02, n=3; results/goal/) was
 # b7784 with its published recipe, registered under a step name of its own.
 RECIPES["step7"] = dict(RECIPES["b7784"])
+# The searchable family (``models.family``; issue #23): its shape is config fields, so a
+# tune searches widths, depths, the 1x1 squeeze and the head like any other knob. Its base
+# recipe is step7's; its base shape 8-8 | 16-16 | 16 with a linear head (6,706 params).
+SHAPE = ("width1", "width2", "width3", "depth1", "depth2", "depth3", "squeeze", "head")
+HEADS = ("linear", "conv")
+FAMILY_SHAPE: dict[str, Any] = dict(width1=8, width2=16, width3=16, depth1=2, depth2=2,
+                                    depth3=1, squeeze=0, head="linear")  # fmt: skip
+RECIPES["family"] = dict(RECIPES["step7"], **FAMILY_SHAPE)
+# Steps promoted from a search (``tune --promote``) live in steps.toml beside this file:
+# {name: {"model": a registered model, "description": ..., "recipe": {...}}}. The variable
+# MNIST_DIST_STEPS_FILE names another registry file (a lab's own, or a test's).
+STEPS_FILE = Path(os.environ.get("MNIST_DIST_STEPS_FILE") or Path(__file__).parent / "steps.toml")
+
+
+def _promoted() -> dict[str, dict[str, Any]]:
+    try:
+        steps = tomllib.loads(STEPS_FILE.read_text()) if STEPS_FILE.is_file() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{STEPS_FILE}: not valid TOML ({e}); fix or remove the last "
+                        "promoted step") from None  # fmt: skip
+    bad = [n for n, t in steps.items() if not isinstance(t.get("recipe"), dict) or "model" not in t]
+    if bad:
+        raise UserError(f'{STEPS_FILE}: [{bad[0]}] needs model = "..." and a [{bad[0]}.recipe]')
+    return steps
+
+
+PROMOTED: dict[str, dict[str, Any]] = _promoted()
+RECIPES.update({name: dict(step["recipe"]) for name, step in PROMOTED.items()})
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SCHEDULERS = ("step", "onecycle")
@@ -126,6 +162,17 @@ class TrainConfig:
     crop_p: float | None = _field(None, "augmentation: probability of the 22-px centre crop")
     translate: float | None = _field(None, "augmentation: shift, uniform +-fraction of 28 px")
     scale: float | None = _field(None, "augmentation: zoom, uniform 1 +- this")
+    # The family's shape (step "family", or a step promoted from it); None for other steps.
+    width1: int | None = _field(None, "family: channels of the 3x3 convs at 28 px")
+    width2: int | None = _field(None, "family: channels of the 3x3 convs at 14 px")
+    width3: int | None = _field(None, "family: channels of the 3x3 convs at 7 px")
+    depth1: int | None = _field(None, "family: 3x3 convs at 28 px, before the first max-pool")
+    depth2: int | None = _field(None, "family: 3x3 convs at 14 px, before the second max-pool")
+    depth3: int | None = _field(None, "family: 3x3 convs at 7 px")
+    squeeze: int | None = _field(None, "family: a 1x1 conv to this many channels before each "
+                                 "max-pool; 0: none")  # fmt: skip
+    head: str | None = _field(None, "family: linear (GAP, then a linear layer) or conv "
+                              "(a 1x1 conv to 10, then GAP)", choices=HEADS)  # fmt: skip
     test_eval: str = _field(
         "every", "score the test set every epoch, after the final one only, or never "
         "(tuning runs: never)", choices=TEST_EVALS,
@@ -145,6 +192,10 @@ class TrainConfig:
                 "(see `mnist-dist models`)"
             )
         recipe = {**BASE_RECIPE, **RECIPES[self.step]}
+        shaped = [k for k in SHAPE if getattr(self, k) is not None]
+        if shaped and SHAPE[0] not in recipe:
+            raise UserError(f"{_flag(shaped[0])} shapes the model family; add --step family "
+                            f"({self.step} has a fixed shape)")  # fmt: skip
         scheduler = self.scheduler or recipe["scheduler"]
         # The other scheduler's knobs do not apply: they stay None.
         skip = ("lr_step", "lr_gamma") if scheduler == "onecycle" else ONECYCLE_ONLY
@@ -192,6 +243,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def shape(self) -> dict[str, Any]:
+        """The family's shape fields that are set: ``models.build_model``'s keywords."""
+        return {k: getattr(self, k) for k in SHAPE if getattr(self, k) is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
@@ -284,6 +339,26 @@ def _check_ranges(cfg: TrainConfig) -> None:
         raise UserError("--nesterov needs --optimizer sgd and a --momentum above 0")
     if cfg.headline == "ema" and cfg.ema_decay == 0:
         raise UserError("--headline ema needs an EMA: set --ema-decay, e.g. 0.999")
+    if cfg.width1 is not None:
+        _check_shape(cfg)
+
+
+SHAPE_MAX = 256  # channels, and 1x1 squeeze channels: far past any sub-8k model
+
+
+def _check_shape(cfg: TrainConfig) -> None:
+    for name in ("width1", "width2", "width3"):
+        if not 1 <= getattr(cfg, name) <= SHAPE_MAX:
+            raise UserError(f"{_flag(name)} must be in [1, {SHAPE_MAX}] channels, "
+                            f"got {getattr(cfg, name)}")  # fmt: skip
+    for name in ("depth1", "depth2", "depth3"):
+        if not 1 <= getattr(cfg, name) <= 8:
+            raise UserError(f"{_flag(name)} must be in [1, 8] convs, got {getattr(cfg, name)}")
+    if not 0 <= cfg.squeeze <= SHAPE_MAX:
+        raise UserError(f"--squeeze must be in [0, {SHAPE_MAX}] channels (0: none), "
+                        f"got {cfg.squeeze}")  # fmt: skip
+    if cfg.head not in HEADS:
+        raise UserError(f"--head must be one of {', '.join(HEADS)}, got {cfg.head!r}")
 
 
 def digest(data: dict[str, Any]) -> str:

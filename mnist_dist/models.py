@@ -216,6 +216,34 @@ def d3702() -> nn.Module:
     )  # fmt: skip
 
 
+# ---- the searchable family (issue #23): its shape is config fields ----------------------
+
+
+def family(width1: int, width2: int, width3: int, depth1: int, depth2: int, depth3: int,
+           squeeze: int, head: str) -> nn.Module:  # fmt: skip
+    """Three stages of same-padded 3x3 CBR blocks at 28, 14 and 7 px (``depthK`` convs of
+    ``widthK`` channels), a max-pool between stages, optionally a 1x1 CBR to ``squeeze``
+    channels before each pool, and a head: "linear" (GAP, linear) or "conv" (1x1 to 10, GAP).
+    """
+    layers: list[nn.Module] = []
+    cin = 1
+    for stage, (width, depth) in enumerate(((width1, depth1), (width2, depth2), (width3, depth3))):
+        for _ in range(depth):
+            layers += cbr(cin, width)  # width x (28 | 14 | 7) x same
+            cin = width
+        if stage < 2:
+            if squeeze:
+                layers += [nn.Conv2d(cin, squeeze, 1, bias=False), nn.BatchNorm2d(squeeze),
+                           nn.ReLU()]  # fmt: skip
+                cin = squeeze  # squeeze x 28 | 14
+            layers.append(nn.MaxPool2d(2))  # cin x 14 | 7
+    if head == "linear":
+        layers.append(GAPLinear(cin))  # 10
+    else:
+        layers += [nn.Conv2d(cin, 10, 1), LogSoftmaxHead()]  # 10x7x7, then 10
+    return nn.Sequential(*layers)
+
+
 @dataclass(frozen=True)
 class StepModel:
     name: str
@@ -241,13 +269,34 @@ MODELS: dict[str, StepModel] = {
         StepModel("c6198", c6198, "candidate (issue #12): 8-10|12|16-16, 1x1 conv, GAP"),
         StepModel("a7608", a7608, "candidate (issue #12): 10-10-10|16-16-8-8 unpadded, GAP"),
         StepModel("d3702", d3702, "candidate (issue #12, <=4k): 4x3|8x3|8x3, 1x1 conv, GAP"),
+        StepModel(
+            "family",
+            family,
+            "searchable (issue #23): widths, depths, squeeze, head are config fields",
+        ),  # fmt: skip
     ]
 }
 
 
-def build_model(name: str) -> nn.Module:
-    """Build a registered step model; raises KeyError for an unknown name."""
-    return MODELS[name].build()
+def _promoted() -> dict[str, StepModel]:
+    """Steps promoted from a search (config.PROMOTED, steps.toml): a registered model's
+    builder under the new name; a family step takes its shape from its recipe."""
+    from .config import PROMOTED
+
+    return {name: StepModel(name, MODELS[step["model"]].build, step.get("description", ""))
+            for name, step in PROMOTED.items()}  # fmt: skip
+
+
+MODELS.update(_promoted())
+
+
+def build_model(name: str, **shape) -> nn.Module:
+    """Build a registered step model; a family step takes its shape from ``shape`` or else
+    its recipe. Raises KeyError for an unknown name."""
+    from .config import RECIPES, SHAPE
+
+    recipe = {k: v for k, v in RECIPES.get(name, {}).items() if k in SHAPE}
+    return MODELS[name].build(**{**recipe, **shape}) if recipe else MODELS[name].build()
 
 
 def count_params(model: nn.Module) -> int:

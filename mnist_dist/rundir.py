@@ -267,7 +267,7 @@ def load_trained(folder: Path):
         )
     ckpt = read_checkpoint(path, fix="copy it again, or retrain the run")
     cfg = TrainConfig.from_dict(ckpt["config"], where=str(path))
-    net = build_model(cfg.step)
+    net = build_model(cfg.step, **cfg.resolve().shape())
     try:
         net.load_state_dict(headline_weights(ckpt))
     except (RuntimeError, KeyError, TypeError) as e:

@@ -70,3 +70,39 @@ def test_models_cli_json_lists_every_step():
     for name, params in {**ORIGIN_PARAMS, **news}.items():
         assert rows[name]["params"] == params
         assert rows[name]["description"]
+
+
+def test_the_family_takes_its_shape_from_the_config():
+    import torch
+    from torch import nn
+
+    from mnist_dist.config import TrainConfig
+
+    assert count_params(build_model("family")) == 6706  # its recipe's 8-8 | 16-16 | 16, linear
+    cfg = TrainConfig(step="family", width1=4, depth2=3, squeeze=6, head="conv").resolve()
+    net = build_model(cfg.step, **cfg.shape())
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.kernel_size for c in convs].count((1, 1)) == 3  # a squeeze per pool, the head
+    assert len(convs) == 2 + 3 + 1 + 3 and convs[0].out_channels == 4
+    assert cfg.trial_id() != TrainConfig(step="family").trial_id()  # the shape is identity
+    assert "width1=4" in cfg.label()
+
+
+@pytest.mark.parametrize(
+    "fields, fragment",
+    [
+        (dict(step="step7", width1=4), "add --step family"),
+        (dict(step="family", width1=0), "--width1 must be in [1, 256]"),
+        (dict(step="family", depth3=9), "--depth3 must be in [1, 8]"),
+        (dict(step="family", squeeze=-1), "--squeeze must be in [0, 256]"),
+        (dict(step="family", head="mlp"), "--head must be one of linear, conv"),
+    ],
+)
+def test_bad_family_shapes_are_one_line_errors(fields, fragment):
+    from mnist_dist.config import TrainConfig
+    from mnist_dist.errors import UserError
+
+    with pytest.raises(UserError, match=None) as e:
+        TrainConfig(**fields).resolve()
+    assert fragment in str(e.value), str(e.value)

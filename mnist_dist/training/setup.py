@@ -248,7 +248,8 @@ def build_net(cfg: TrainConfig, float64: bool = False) -> torch.nn.Module:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)  # before building the model: the init depends on it
-    net = build_model(cfg.step).double() if float64 else build_model(cfg.step)
+    net = build_model(cfg.step, **cfg.shape())
+    net = net.double() if float64 else net
     return net.to(memory_format=torch.channels_last) if cfg.channels_last else net
 
 
