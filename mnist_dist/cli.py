@@ -4,6 +4,7 @@ mnist-dist models [--json]
 mnist-dist train --step step4 --out runs/s4
 mnist-dist sweep jobs/smoke.toml --cluster slurm --wait
 mnist-dist status runs/sweeps/smoke [--json]
+mnist-dist tune jobs/goal_tune.toml --cluster slurm --workers 4 [--wait]
 mnist-dist report runs/sweeps/smoke [--markdown FILE] [--plots DIR]
 mnist-dist bench --step step4 [--json]
 mnist-dist predict runs/s5 digit.png [--json] [--show-input DIR]
@@ -25,6 +26,7 @@ COMMANDS = {
     "models": ("cli", "list the registered step models and their parameter counts"),
     "sweep": ("sweeps.submit", "submit a sweep file's grid as job arrays (SLURM or local)"),
     "status": ("sweeps.submit", "show the state of each trial in a sweep folder"),
+    "tune": ("tune.command", "search hyperparameters and shapes (Optuna) on validation only"),
     "report": ("report.report", "mean, variance, std and 95% CI of test accuracy per group"),
     "bench": ("bench.bench", "time origin pipeline vs ours vs pure compute"),
     "predict": ("recognizer.predict", "the digit in each image (PNG/JPEG), with top-3 odds"),

@@ -82,12 +82,13 @@ def pytest_configure(config):
 # Test files whose tests share what they build, so one worker runs all of them: the SLURM
 # modules share munged and run one cluster at a time; the others build module fixtures
 # (test_recognizer, and one test_train test, read the session's real-MNIST run, trained
-# once: trained_step5).
+# once: trained_step5; test_tune's killed and resumed tune).
 SHARED_SCOPES = {
     "tests/test_slurm_cluster.py": "slurm",
     "tests/test_multinode.py": "slurm",
     "tests/test_recognizer.py": "recognizer",
     "tests/test_report.py": "report",
+    "tests/test_tune.py": "tune",
     "tests/test_train.py::test_training_learns_real_digits_with_a_wide_margin": "recognizer",
 }
 

@@ -19,6 +19,7 @@ PROCESS_CASES = {
     "status": (["status", "/nonexistent/sweep"], "/nonexistent/sweep"),
     "report": (["report", "/nonexistent/sweep"], "no such folder"),
     "bench": (["bench", "--table", "/nonexistent.json"], "nonexistent.json"),
+    "tune": (["tune", "nope_tune.toml", "--cluster", "local"], "nope_tune.toml"),
 }
 
 

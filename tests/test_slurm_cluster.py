@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -274,3 +275,51 @@ def test_a_sweep_killed_between_sbatch_and_its_record_never_submits_twice(
     record = json.loads((out / "sweep.json").read_text())
     assert "intents" not in record and sorted(j["job_id"] for j in record["jobs"]) == sorted(jobs)
     subprocess.run(["scancel", *jobs], check=True)
+
+
+def test_two_slurm_workers_share_a_tune_and_a_killed_worker_loses_nothing(tmp_path, data_dir):
+    """Issue #23 on the real cluster: a 2-task array pulls trials from one journal; one task
+    is cancelled mid-trial; the next `tune` call hands its trial on, and it resumes."""
+    from .test_tune import TUNE, config_hash, just_saved_pack, load
+
+    spec = tmp_path / "t_tune.toml"
+    spec.write_text(TUNE.format(max_params=6600) + "cpus_per_task = 1\nmem_gb = 1\ntime_min = 10\n")
+    out = tmp_path / "out"
+    args = ("--cluster", "slurm", "--data-dir", str(data_dir))
+    proc = run_cli("tune", str(spec), *args, "--workers", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = [w["job"] for w in json.loads((out / "tune.json").read_text())["workers"]]
+    assert len(jobs) == 2 and jobs[0].split("_")[0] == jobs[1].split("_")[0]  # one array
+    found = {}
+
+    def trial_of(pack: Path) -> bool:  # the running trial whose pack this is
+        running = [t for t in load(out) if t.state.name == "RUNNING"]
+        found["trial"] = next((t for t in running if pack.name.startswith(config_hash(t))), None)
+        return found["trial"] is not None
+
+    assert just_saved_pack(out, 180, trial_of), "no pack saved an epoch within 180 s"
+    victim = found["trial"]
+    # SIGKILL its process, as the OOM killer or a lost node would (scancel sends TERM, which
+    # submitit bypasses, and leaves KillWait for the trial to finish)
+    holder = (out / "locks" / f"trial-{victim.number}").read_text()  # "pid N on HOST"
+    os.kill(int(holder.split()[1]), signal.SIGKILL)
+    proc = run_cli("tune", str(out), *args, "--workers", "1", "--wait", "--poll", "1", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    deadline = time.time() + 300
+    while subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout:
+        assert time.time() < deadline, "workers still queued after 300 s"
+        time.sleep(1)
+    trials = load(out)
+    lost = [t for t in trials if t.user_attrs.get("lost")]
+    assert [t.number for t in lost] == [victim.number]
+    (heir,) = [h for h in trials if h.user_attrs.get("resumes") == victim.number]
+    assert heir.params == victim.params and heir.state.name in ("COMPLETE", "PRUNED")
+    mine, theirs = victim.user_attrs["trained_steps"], heir.user_attrs.get("trained_steps", [])
+    assert mine and not set(mine) & set(theirs)  # resumed after its last saved epoch
+    used = [t for t in trials if not t.user_attrs.get("lost")]
+    assert len(used) == 6 and all(t.state.name in ("COMPLETE", "PRUNED") for t in used)
+    assert len({t.user_attrs["job"] for t in trials}) == 3  # both tasks, and the third worker
+    ids = [tuple(t.user_attrs["trial_ids"]) for t in used if "trial_ids" in t.user_attrs]
+    assert len(ids) == len(set(ids)) or all(
+        t.user_attrs.get("reused") for t in used if ids.count(tuple(t.user_attrs["trial_ids"])) > 1
+    )

@@ -93,6 +93,11 @@ def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
         (('name = "median"', 'name = "hyperband"'), "[pruner].name must be one of"),
         (("[pruner]", "[resources]\npartition = \"a\\nb\"\n[pruner]"), "newline"),
         (("[space]", "[space]\nrotate_deg = { low = 0, high = 1e400 }"), "both finite"),
+        (("[pruner]", "[resources]\npack_seeds = 2\n[pruner]"), "pack_seeds must be 1"),
+        (("[pruner]", "[resources]\nnodes = 2\n[pruner]"), "one process"),
+        (('name = "median"', 'name = "median"\nstartup_trials = -1'), "startup_trials"),
+        (("[pruner]", "[sampler]\nstartup_trials = 1.5\n[pruner]"), "startup_trials"),
+        (("[space]", "[space]\nwidth1 = { low = 4, high = 8 }"), "--step family"),
     ],
 )  # fmt: skip
 def test_bad_tune_files_are_one_line_errors(tmp_path, edit, fragment):
@@ -101,3 +106,38 @@ def test_bad_tune_files_are_one_line_errors(tmp_path, edit, fragment):
     with pytest.raises(UserError) as e:
         load_tune(write(tmp_path, GOOD.replace(old, new, 1)))
     assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--workers", "-1"], "--workers must be at least 0"),
+        (["--poll", "nan"], "--poll"),
+        (["--name", "step9"], "add --promote RANK"),
+        (["--status"], "not a tune folder"),
+        (["--cluster", "pbs"], "invalid choice"),
+    ],
+)
+def test_bad_tune_commands_are_one_line_errors(tmp_path, capsys, argv, fragment):
+    from .conftest import cli_error
+
+    line = cli_error(capsys, "tune", str(write(tmp_path, GOOD)), *argv)
+    assert fragment in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_tune_folder_refuses_another_file_and_another_storage(tmp_path, capsys):
+    from mnist_dist.cli import main
+
+    from .conftest import cli_error
+
+    out, first = tmp_path / "out", write(tmp_path, GOOD)
+    main(["tune", str(first), "--cluster", "local", "--workers", "0", "--out", str(out)])
+    assert "0 workers started" in capsys.readouterr().out  # recovers, starts none
+    other = tmp_path / "other.toml"
+    other.write_text(GOOD.replace("max_params = 8000", "max_params = 7000"))
+    line = cli_error(capsys, "tune", str(other), "--cluster", "local", "--out", str(out))
+    assert "holds another search" in line and str(out) in line
+    line = cli_error(capsys, "tune", str(out), "--cluster", "local", "--storage", "sqlite:///x.db")
+    assert "drop --storage" in line

@@ -273,6 +273,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     add("--reference", metavar="FILE", help="another study's figures beside ours (TOML)")
     add("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead of DIR")
     add("--group", help="W&B group to read (with --wandb) or to log into (default: sweep name)")
+    add("--top", type=int, default=10, metavar="K", help="tune folders: the K best trials")
     add("--log-to-wandb", action="store_true", help="log a summary run (table, plots) to W&B")
     add("--wandb-project", default="mnist-dist", help="[ENTITY/]PROJECT for DIR --log-to-wandb")
     return p
@@ -282,6 +283,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") -> None:
     """mnist-dist report DIR [--json] [--markdown FILE] [--plots DIR] [--by KEY]"""
     args = build_parser(prog).parse_args(argv)
+    if args.dir and (Path(args.dir) / "tune.json").is_file():  # a search's folder
+        from ..tune.report import report_tune
+
+        if args.top < 1:
+            raise UserError(f"--top must be at least 1, got {args.top}")
+        return report_tune(Path(args.dir), args)
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     if args.by not in keys:
         raise UserError(f"unknown --by key {args.by!r}; valid keys: {', '.join(keys)}")

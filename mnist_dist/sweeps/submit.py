@@ -385,6 +385,12 @@ def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") 
     )
     args = p.parse_args(argv)
     out = Path(args.dir)
+    if (out / "tune.json").is_file():  # a search's folder: `tune DIR --status`
+        from ..tune.command import print_status
+
+        if not print_status(out, args.json) and args.check:
+            sys.exit(1)
+        return
     record = load_record(out)
     if record is None:
         raise UserError(f"{out} is not a sweep folder (no {RECORD}); run `mnist-dist sweep` first")

@@ -96,16 +96,16 @@ def parse_args(argv: list[str] | None, prog: str = "mnist-dist train"):
 MAX_PACK = 10_000  # seeds in one --seeds pack: far above what fits one process
 
 
-def parse_seeds(text: str) -> list[int]:
+def parse_seeds(text: str, flag: str = "--seeds") -> list[int]:
     """``0-7``, ``0,3,5`` or ``0-3,9`` -> sorted distinct seeds; a one-line error otherwise."""
     seeds: set[int] = set()
     for part in text.split(","):
         lo, dash, hi = part.strip().partition("-")
         if not lo.isdigit() or (dash and not hi.isdigit()) or (dash and int(hi) < int(lo)):
-            raise UserError(f"--seeds {text!r}: give seeds like 0-7 or 0,3,5")
+            raise UserError(f"{flag} {text!r}: give seeds like 0-7 or 0,3,5")
         if int(hi if dash else lo) > SEED_MAX:
-            raise UserError(f"--seeds {text!r}: seeds must be in [0, {SEED_MAX}] (numpy's range)")
+            raise UserError(f"{flag} {text!r}: seeds must be in [0, {SEED_MAX}] (numpy's range)")
         if dash and int(hi) - int(lo) >= MAX_PACK:
-            raise UserError(f"--seeds {text!r}: a pack holds at most {MAX_PACK:,} seeds")
+            raise UserError(f"{flag} {text!r}: a pack holds at most {MAX_PACK:,} seeds")
         seeds.update(range(int(lo), int(hi if dash else lo) + 1))
     return sorted(seeds)

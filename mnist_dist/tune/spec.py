@@ -16,10 +16,13 @@ A tune file (``jobs/*_tune.toml``; issue #23)::
     pct_start = { low = 0.1, high = 0.4, step = 0.05 }
     [sampler]                      # tpe (default) or random; seeded
     seed = 0
+    startup_trials = 10            # tpe: random trials before it models the space
     [pruner]                       # median, successive_halving or none, at these epochs
     name = "median"
     at_epochs = [3, 6, 9]
-    [resources]                    # as in sweep files
+    startup_trials = 5             # trials that finish before the median pruner prunes
+    [resources]                    # as in sweep files (one process per worker)
+    pack_seeds = 3                 # = len(seeds): a trial's seeds train as one packed net
 
 The objective is the mean final-epoch validation accuracy over ``seeds``. ``epochs``,
 ``val_split`` and ``test_eval`` can be fixed, never searched; ``test_eval`` is always
@@ -73,12 +76,14 @@ class Dimension:
 class Sampler:
     name: str = "tpe"
     seed: int = 0  # worker k samples with seed + k
+    startup_trials: int = 10  # tpe: random samples before it models (Optuna's 10)
 
 
 @dataclass
 class Pruner:
     name: str = "median"
     at_epochs: list[int] = field(default_factory=list)  # empty: never prunes
+    startup_trials: int = 5  # median: trials that must finish before it prunes (Optuna's 5)
 
 
 @dataclass
@@ -100,6 +105,15 @@ class TuneSpec:
         """The resolved config of an Optuna trial's sample, for one of ``seeds``."""
         values = {d.name: d.suggest(trial) for d in self.space}
         return TrainConfig(**self.fixed, **values, seed=seed).resolve()
+
+    @property
+    def packed(self) -> bool:
+        """A trial's seeds train as one packed net ([resources] pack_seeds = len(seeds))."""
+        return len(self.seeds) > 1 and self.resources.pack_seeds == len(self.seeds)
+
+    def configs(self, trial) -> list[TrainConfig]:
+        """The trial's runs: its sample, once per seed (Optuna repeats a suggestion)."""
+        return [self.config(trial, s) for s in self.seeds]
 
 
 def _field_type(name: str) -> type:
@@ -178,10 +192,20 @@ def load_tune(path: str | Path) -> TuneSpec:
     sampler = Sampler(**_strict(Sampler, data.get("sampler", {}), f"{path} [sampler]"))
     if sampler.name not in SAMPLERS:
         raise UserError(f"{path} [sampler].name must be one of {', '.join(SAMPLERS)}")
+    if not isinstance(sampler.startup_trials, int) or sampler.startup_trials < 0:
+        raise UserError(f"{path} [sampler].startup_trials must be a whole number, at least 0")
     pruner = Pruner(**_strict(Pruner, data.get("pruner", {}), f"{path} [pruner]"))
     if pruner.name not in PRUNERS:
         raise UserError(f"{path} [pruner].name must be one of {', '.join(PRUNERS)}")
+    if not isinstance(pruner.startup_trials, int) or pruner.startup_trials < 0:
+        raise UserError(f"{path} [pruner].startup_trials must be a whole number, at least 0")
     resources = Resources(**_strict(Resources, data.get("resources", {}), f"{path} [resources]"))
+    if resources.world_size > 1:
+        raise UserError(f"{path} [resources]: a tune worker trains one trial in one process; "
+                        "set nodes and tasks_per_node to 1 (--workers sets how many)")  # fmt: skip
+    if resources.pack_seeds not in (1, len(seeds)):
+        raise UserError(f"{path} [resources].pack_seeds must be 1 (one seed after another) or "
+                        f"{len(seeds)} (the trial's seeds as one packed net)")  # fmt: skip
     spec = TuneSpec(
         name=name, file=str(path), seeds=seeds, max_params=numbers["max_params"], fixed=fixed,
         space=space, sampler=sampler, pruner=pruner, resources=resources,

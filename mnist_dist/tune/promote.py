@@ -1,0 +1,122 @@
+"""``mnist-dist tune DIR --promote RANK --name stepN``: a searched trial becomes a step.
+
+Registration lives in ``mnist_dist/steps.toml`` (``config.STEPS_FILE``; the variable
+``MNIST_DIST_STEPS_FILE`` points elsewhere): a table per promoted step naming the
+registered model it builds (``family`` for a searched shape) and its whole recipe.
+``config`` reads it into ``RECIPES``, ``models`` into ``MODELS``; hand-written steps stay
+Python code in ``models.py`` and ``config.py``. Promotion also writes the step's
+pre-registered test sweep, ``jobs/<name>_test.toml``: ``--test-seeds`` (default 100-119,
+apart from the search's seeds), the full training set,
+the test set read once after the final epoch. Its trial ids are the new step's own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from ..config import BASE_RECIPE, PROMOTED, RECIPES, SHAPE, STEPS_FILE, TrainConfig
+from ..errors import UserError
+from ..fsio import write_text
+from . import study as st
+from .spec import load_tune
+
+NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+# What a recipe holds: the origin base, the step's own knobs and the family's shape.
+RECIPE_KEYS = (*BASE_RECIPE, "epochs", "batch_size", "lr", "lr_step", "lr_gamma", "final_lr",
+               *SHAPE)  # fmt: skip
+
+
+def promote(out: Path, rank: int, name: str | None, jobs: Path, seeds: list[int]) -> None:
+    if not name or not NAME_RE.fullmatch(name):
+        raise UserError(f"--name {name!r}: give the new step a name like step8 (lower case "
+                        "letters, digits, _)")  # fmt: skip
+    if name in RECIPES:
+        raise UserError(f"--name {name}: a step of that name is registered; choose another")
+    spec = load_tune(out / st.SPEC)
+    study, _ = st.load_study(out, spec, st.read_record(out))
+    ranked = st.best_trials(study)
+    if not 1 <= rank <= len(ranked):
+        raise UserError(f"--promote {rank}: {out} ranks {len(ranked)} complete trials; "
+                        f"give 1 to {len(ranked)} (see `mnist-dist report {out}`)")  # fmt: skip
+    trial = ranked[rank - 1]
+    overlap = sorted(set(seeds) & set(spec.seeds))
+    if overlap:
+        raise UserError(f"--test-seeds: {overlap[0]} is a search seed; test seeds must be apart "
+                        f"from {spec.seeds}")  # fmt: skip
+    sweep = jobs / f"{name}_test.toml"
+    if sweep.exists():
+        raise UserError(f"{sweep} exists: a pre-registered sweep is never overwritten; choose "
+                        "another --name")  # fmt: skip
+    cfg = TrainConfig(**spec.fixed, **trial.params, seed=0).resolve()
+    recipe = {k: getattr(cfg, k) for k in RECIPE_KEYS if getattr(cfg, k) is not None}
+    model = PROMOTED[cfg.step]["model"] if cfg.step in PROMOTED else cfg.step
+    source = f"{out} trial {trial.number} (rank {rank} of {len(ranked)})"
+    accs = ", ".join(f"{a:.2f}" for a in trial.user_attrs.get("val_accs", []))
+    description = (f"tuned: {trial.user_attrs.get('params', 0):,} params, validation "
+                   f"{trial.value:.2f}% mean ({accs})")  # fmt: skip
+    table = toml_table(name, dict(model=model, description=description, source=source), recipe)
+    text = STEPS_FILE.read_text() if STEPS_FILE.is_file() else ""
+    write_text(STEPS_FILE, text.rstrip("\n") + "\n\n" + table)
+    write_text(sweep, test_sweep(name, cfg, spec, source, seeds))
+    print(f"registered {name} ({model}, {description}) in {STEPS_FILE}")
+    print(f"its test sweep: {sweep}; the final evidence is one command:")
+    print(f"  mnist-dist sweep {sweep} --cluster slurm --out results/{name}")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def toml_table(name: str, head: dict[str, Any], recipe: dict[str, Any]) -> str:
+    lines = [
+        f"[{name}]",
+        *(f"{k} = {toml_value(v)}" for k, v in head.items()),
+        "",
+        f"[{name}.recipe]",
+        *(f"{k} = {toml_value(v)}" for k, v in recipe.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_sweep(name: str, cfg: TrainConfig, spec, source: str, seeds: list[int]) -> str:
+    """The step's test evidence, fixed before it is run: ``seeds``, the full training set
+    (no val_split, no train_limit), the test set scored once, after the final epoch."""
+    res = spec.resources
+    defaults = {"test_eval": "final"}
+    if cfg.mixed_precision != "no":
+        defaults["mixed_precision"] = cfg.mixed_precision
+    lines = [
+        f"# The pre-registered test evidence of {name}, promoted from {source}.",
+        "# Written by `mnist-dist tune --promote` before any test figure exists: the seeds",
+        "# below, apart from the search's, the full training set, the test set read once,",
+        "# after the final epoch.",
+        "#",
+        f"#     mnist-dist sweep jobs/{name}_test.toml --cluster slurm --out results/{name}",
+        f"#     mnist-dist report results/{name}",
+        "",
+        f'name = "{name}-test"',
+        f'description = "{name}: final-epoch test accuracy over {len(seeds)} seeds"',
+        "",
+        "[defaults]",
+        *(f"{k} = {toml_value(v)}" for k, v in defaults.items()),
+        "",
+        "[grid]",
+        f'step = ["{name}"]',
+        f"seed = {seeds}",
+        "",
+        "[resources]",
+        f"time_min = {res.time_min}",
+        f"cpus_per_task = {res.cpus_per_task}",
+        f"mem_gb = {res.mem_gb}",
+        f"gpus_per_node = {res.gpus_per_node}",
+    ]
+    if res.partition:
+        lines.append(f"partition = {toml_value(res.partition)}")
+    return "\n".join(lines) + "\n"

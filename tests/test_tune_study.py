@@ -1,0 +1,61 @@
+"""The tune folder's pure decisions, fast: a dead worker's trial is found by its free lock
+and handed on with its parameters; counts toward --trials; the fronts of the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from mnist_dist.tune import study as st
+from mnist_dist.tune.report import front
+from mnist_dist.tune.spec import load_tune
+
+from .test_tune_spec import GOOD, write
+
+
+@pytest.fixture
+def tune(tmp_path):
+    spec = load_tune(write(tmp_path, GOOD))
+    study, storage = st.load_study(tmp_path, spec, {})
+    return tmp_path, spec, study, storage
+
+
+def test_a_running_trial_is_handed_on_only_once_its_lock_is_free(tune):
+    folder, spec, study, storage = tune
+    trial = study.ask()
+    lr = trial.suggest_float("lr", 0.01, 0.2, log=True)
+    fd = st.hold_trial(folder, trial.number)
+    assert st.recover(folder, study, storage) == []  # held: a live worker trains it
+    assert st.counts(study, folder)["running"] == 1
+    st.release(fd)  # what the kernel does when the worker dies
+    assert st.counts(study, folder)["stalled"] == 1  # --status sees it before any recovery
+    assert st.recover(folder, study, storage) == [trial.number]
+    c = st.counts(study, folder)
+    assert (c["lost"], c["waiting"], c["used"]) == (1, 1, 0)  # the lost one does not count
+    heir = study.ask()  # the next worker gets the same parameters, marked as a resume
+    assert heir.user_attrs[st.RESUMES] == trial.number
+    assert heir.suggest_float("lr", 0.01, 0.2, log=True) == lr
+    assert st.recover(folder, study, storage) == [heir.number]  # nobody holds its lock either
+
+
+def test_counts_toward_trials_exclude_the_lost_and_include_over_budget(tune):
+    folder, spec, study, storage = tune
+    for value in (90.0, 95.0):
+        t = study.ask()
+        study.tell(t, value)
+    t = study.ask()
+    t.set_user_attr(st.OVER_BUDGET, True)
+    study.tell(t, 0.0)
+    c = st.counts(study, folder)
+    assert (c["complete"], c[st.OVER_BUDGET], c["used"]) == (2, 1, 3)
+    assert [x.value for x in st.best_trials(study)] == [95.0, 90.0]  # over budget left out
+
+
+def test_the_front_keeps_trials_no_other_beats_on_both():
+    rows = [
+        dict(number=0, value=99.0, params=7000),
+        dict(number=1, value=98.0, params=5000),
+        dict(number=2, value=97.0, params=6000),  # beaten by 1: cheaper and better
+        dict(number=3, value=99.2, params=7900),
+        dict(number=4, value=98.5, params=None),  # unknown cost: not on the front
+    ]
+    assert [r["number"] for r in front(rows, "params")] == [1, 0, 3]
