@@ -38,6 +38,7 @@ BASE_RECIPE: dict[str, Any] = dict(
     anneal="cos",
     label_smoothing=0.0,
     ema_decay=0.0,
+    bn_recal=False,
     headline="model",
     rotate_deg=15.0,
     crop_p=0.1,
@@ -154,6 +155,11 @@ class TrainConfig:
     label_smoothing: float | None = _field(None, "label smoothing of the training loss")
     ema_decay: float | None = _field(
         None, "EMA of the weights per step (torch.optim.swa_utils), e.g. 0.999; 0: off"
+    )
+    bn_recal: bool | None = _field(
+        None,
+        "after the last epoch, recompute every BatchNorm's statistics on the clean "
+        "training images (no augmentation; no held-out image is read)",
     )
     headline: str | None = _field(
         None, "weights whose accuracy is the result: model or ema", choices=HEADLINES

@@ -522,3 +522,38 @@ def test_corrupted_data_file_is_named(tiny_mnist, tmp_path):
     labels.write_bytes(b"\x00\x00\x08\x01" + labels.read_bytes()[4:-3])
     proc = run_cli("train", *SMOKE, "--data-dir", str(tiny_mnist), "--out", str(tmp_path / "r"))
     assert_one_line_error(proc, "corrupted MNIST file", "t10k-labels-idx1-ubyte")
+
+
+@pytest.mark.slow
+def test_bn_recal_leaves_the_statistics_of_the_clean_training_images(tmp_path, monkeypatch):
+    """--bn-recal: after the last epoch each BatchNorm's running statistics are the average,
+    over batches of 1,000 clean training images, of the batch statistics; for the first BN
+    (step5's first conv feeds it directly) that is the conv's output over those images."""
+    import torch
+
+    from mnist_dist.config import Runtime
+    from mnist_dist.data import load_mnist, normalize
+    from mnist_dist.models import build_model
+    from mnist_dist.training import train
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    data = make_tiny_mnist(tmp_path / "data", n_train=2048, n_test=64)
+    rt = Runtime(out=str(tmp_path / "r"), data_dir=str(data), download=False, cpu=True,
+                 threads=1, progress=False)  # fmt: skip
+    cfg = TrainConfig(step="step5", epochs=1, train_limit=2000, test_eval="never", bn_recal=True)
+    train(cfg, rt)
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    net = build_model("step5")
+    net.load_state_dict(ckpt["model"])
+    with torch.no_grad():
+        z = net[0](normalize(load_mnist(data, download=False).train_x[:2000]))  # (2000, 8, 28, 28)
+    halves = (z[:1000], z[1000:])
+    mean = sum(h.mean((0, 2, 3)) for h in halves) / 2
+    var = sum(h.transpose(0, 1).flatten(1).var(1) for h in halves) / 2  # unbiased, as torch
+    assert torch.allclose(ckpt["model"]["1.running_mean"], mean, atol=1e-4)
+    # float32 sums over 784,000 values per batch: the BN kernel's variance is within 0.5%
+    assert torch.allclose(ckpt["model"]["1.running_var"], var, rtol=5e-3)
+    assert cfg.trial_id() != dataclasses.replace(cfg, bn_recal=False).trial_id()
+    assert (
+        TrainConfig(step="step5").trial_id() == TrainConfig(step="step5", bn_recal=False).trial_id()
+    )

@@ -86,6 +86,8 @@ def fit(run: Run, on_epoch: EpochHook = go_on) -> dict[int, dict]:
             break
         train_rows = run_epoch(epoch, run, active)
         t_eval = time.perf_counter()
+        if cfg.bn_recal and epoch + 1 == cfg.epochs:
+            recalibrate_bn(run)
         scores = score(run, last=epoch + 1 == cfg.epochs)
         rows = [dict(epoch=epoch + 1, **train_rows[n], **scores[n]) for n in active]
         for n, row in zip(active, rows, strict=True):
@@ -167,6 +169,33 @@ def run_epoch(epoch: int, run: Run, active: list[int]) -> list[dict]:
         )
         for n in range(count)
     ]
+
+
+BN_RECAL_BATCH = 1000  # images per forward, in a pack as alone: the same batch means
+
+
+@torch.no_grad()
+def recalibrate_bn(run: Run) -> None:
+    """``bn_recal``: each BatchNorm's running statistics recomputed after the last epoch,
+    as the plain average over the clean (unaugmented) training images, in batches of
+    BN_RECAL_BATCH: the weights are final, and the augmented batches' statistics no longer
+    describe what the net will see. Every rank sees every training image: the same buffers
+    everywhere. Reads no validation or test image."""
+    count, batches = len(run.cfgs), run.batches[0]
+    for net in [run.net] + ([run.ema.module] if run.ema is not None else []):
+        norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+        mode, dtype = net.training, next(net.parameters()).dtype
+        net.train()  # batch statistics in the forward, running ones updated
+        for xb, _ in eval_batches(batches.x, batches.y, BN_RECAL_BATCH):
+            with run.accelerator.autocast():
+                net(xb.to(dtype).expand(-1, count, -1, -1).contiguous())  # (b, count, 28, 28)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        net.train(mode)
 
 
 def score(run: Run, last: bool) -> list[dict]:
