@@ -69,7 +69,7 @@ def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
     "edit, fragment",
     [
         (("[space]", "[space]\nepochs = { low = 5, high = 15 }"), "epochs cannot be searched"),
-        (("[space]", "[space]\nlr_step = { low = 2, high = 8 }"), "--lr-step/--lr-gamma set"),
+        (("[space]", "[space]\nlr_step = { low = 2, high = 8 }"), "lr_step never applies"),
         (("[space]", "[space]\nval_split = { choices = [0, 5000] }"), "val_split cannot be"),
         (("[space]", "[space]\ntest_eval = { choices = [\"never\"] }"), "test_eval cannot be"),
         (("val_split = 5000", "val_split = 5000\ntest_eval = \"final\""),
@@ -141,3 +141,32 @@ def test_a_tune_folder_refuses_another_file_and_another_storage(tmp_path, capsys
     assert "holds another search" in line and str(out) in line
     line = cli_error(capsys, "tune", str(out), "--cluster", "local", "--storage", "sqlite:///x.db")
     assert "drop --storage" in line
+
+
+def test_a_schedulers_own_knobs_are_sampled_only_under_it(tmp_path):
+    """A conditional space (define-by-run): StepLR's lr_step under StepLR, OneCycle's
+    pct_start under OneCycle, and a [fixed] knob of the other scheduler dropped."""
+    import optuna
+
+    from mnist_dist.tune import study as st
+
+    text = GOOD.replace("[space]", '[space]\nscheduler = { choices = ["onecycle", "step"] }\n'
+                        "lr_step = { low = 8, high = 10 }")  # fmt: skip
+    text = text.replace("val_split = 5000", "val_split = 5000\nlr_gamma = 0.1")
+    text += '[sampler]\nname = "tpe"\nmultivariate = true\nstartup_trials = 2\n'
+    spec = load_tune(write(tmp_path, text.replace('name = "median"', 'name = "percentile"')))
+    study, _ = st.load_study(tmp_path, spec, {})
+    assert isinstance(study.pruner, optuna.pruners.PercentilePruner)
+    kinds = set()
+    for _ in range(12):
+        trial = study.ask()
+        cfg = spec.config(trial, seed=0)
+        study.tell(trial, 99.0)
+        kinds.add(cfg.scheduler)
+        if cfg.scheduler == "step":
+            assert "lr_step" in trial.params and "pct_start" not in trial.params
+            assert cfg.lr_step == trial.params["lr_step"] and cfg.lr_gamma == 0.1
+        else:
+            assert "pct_start" in trial.params and "lr_step" not in trial.params
+            assert cfg.lr_step is None and cfg.lr_gamma is None
+    assert kinds == {"onecycle", "step"}

@@ -37,7 +37,7 @@ def test_a_running_trial_is_handed_on_only_once_its_lock_is_free(tune):
     assert st.recover(folder, study, storage) == [heir.number]  # nobody holds its lock either
 
 
-def test_counts_toward_trials_exclude_the_lost_and_include_over_budget(tune):
+def test_counts_toward_trials_exclude_the_lost_and_include_the_infeasible(tune):
     folder, spec, study, storage = tune
     for value in (90.0, 95.0):
         t = study.ask()
@@ -45,9 +45,12 @@ def test_counts_toward_trials_exclude_the_lost_and_include_over_budget(tune):
     t = study.ask()
     t.set_user_attr(st.OVER_BUDGET, True)
     study.tell(t, 0.0)
+    t = study.ask()
+    t.set_user_attr(st.OVER_SECONDS, 12.5)  # trained 12.5 s longer than max_seconds
+    study.tell(t, 99.0)
     c = st.counts(study, folder)
-    assert (c["complete"], c[st.OVER_BUDGET], c["used"]) == (2, 1, 3)
-    assert [x.value for x in st.best_trials(study)] == [95.0, 90.0]  # over budget left out
+    assert (c["complete"], c[st.OVER_BUDGET], c["over_time"], c["used"]) == (2, 1, 1, 4)
+    assert [x.value for x in st.best_trials(study)] == [95.0, 90.0]  # infeasible left out
 
 
 def test_the_front_keeps_trials_no_other_beats_on_both():

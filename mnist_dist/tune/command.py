@@ -216,7 +216,7 @@ def summary(out: Path) -> dict[str, Any]:
     return dict(
         name=spec.name, folder=str(out), trials=record["trials"], used=c["used"],
         counts={k: c[k] for k in ("complete", "pruned", "running", "fail", "stalled",
-                                  "waiting", st.OVER_BUDGET, st.LOST)},
+                                  "waiting", st.OVER_BUDGET, "over_time", st.LOST)},
         best=st.trial_row(best[0]) if best else None,
     )  # fmt: skip
 
@@ -227,6 +227,8 @@ def status_line(out: Path) -> str:
     line = (f"{s['name']}: {s['used']} of {s['trials']} trials used: {c['complete']} complete, "
             f"{c['pruned']} pruned, {c['running']} running, {c['fail']} failed, "
             f"{c[st.OVER_BUDGET]} over budget")  # fmt: skip
+    if c["over_time"]:
+        line += f", {c['over_time']} over max_seconds"
     if c["waiting"] or c[st.LOST]:
         line += f" ({c[st.LOST]} lost with their worker, {c['waiting']} waiting to resume)"
     if c["stalled"]:

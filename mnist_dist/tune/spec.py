@@ -6,6 +6,7 @@ A tune file (``jobs/*_tune.toml``; issue #23)::
     seeds = [0, 1, 2]              # validation seeds per trial: the objective is their mean
     max_params = 8000              # a sampled model above this never trains
     max_epochs = 15                # optional: `epochs` may not exceed it
+    max_seconds = 300              # optional: a trial that trained longer is infeasible
     [fixed]                        # TrainConfig fields every trial shares
     step = "step7"
     epochs = 15
@@ -39,15 +40,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import BASE_RECIPE, ONECYCLE_ONLY, RECIPES, TrainConfig
 from ..errors import UserError
 from ..sweeps.spec import Resources, _strict, _train_fields, check_resources, read_job_file
 
-TOP_KEYS = ("name", "description", "seeds", "max_params", "max_epochs", "trials", "fixed",
+TOP_KEYS = ("name", "description", "seeds", "max_params", "max_epochs", "max_seconds", "trials",
+            "fixed",
             "space", "sampler", "pruner", "resources")  # fmt: skip
 NEVER_SEARCHED = ("epochs", "val_split", "test_eval", "seed", "world_size")
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "successive_halving", "none")
+PRUNERS = ("median", "percentile", "successive_halving", "none")
+FIRST = ("step", "scheduler")  # sampled first: whether another field applies depends on them
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Dimension:
 class Sampler:
     name: str = "tpe"
     seed: int = 0  # worker k samples with seed + k
+    multivariate: bool = False  # tpe: model the fields jointly (Optuna's multivariate, group)
     startup_trials: int = 10  # tpe: random samples before it models (Optuna's 10)
 
 
@@ -84,6 +88,7 @@ class Pruner:
     name: str = "median"
     at_epochs: list[int] = field(default_factory=list)  # empty: never prunes
     startup_trials: int = 5  # median: trials that must finish before it prunes (Optuna's 5)
+    percentile: float = 25.0  # percentile: prune below this percentile of the others (0-100)
 
 
 @dataclass
@@ -98,13 +103,27 @@ class TuneSpec:
     pruner: Pruner
     resources: Resources
     max_epochs: int | None = None
+    # Training seconds (the epochs' `seconds`, a pack's whole) above which a trial is
+    # infeasible, as over max_params: TPE's second constraint. Machine-bound: calibrate it
+    # on the CPU the workers run on.
+    max_seconds: float | None = None
     trials: int = 20  # `tune --trials` default: a total over every call
     description: str = ""
 
     def config(self, trial, seed: int) -> TrainConfig:
         """The resolved config of an Optuna trial's sample, for one of ``seeds``."""
-        values = {d.name: d.suggest(trial) for d in self.space}
-        return TrainConfig(**self.fixed, **values, seed=seed).resolve()
+        return self.sample(lambda d: d.suggest(trial), seed)
+
+    def sample(self, pick, seed: int) -> TrainConfig:
+        """The config of the values ``pick(dimension)`` gives. A conditional space: a field
+        of the other scheduler (OneCycle's pct_start under StepLR, StepLR's lr_step under
+        OneCycle) is neither sampled nor kept from [fixed], as Optuna's define-by-run allows."""
+        values: dict[str, Any] = {}
+        for d in sorted(self.space, key=lambda d: d.name not in FIRST):  # stable: step first
+            if applies(d.name, {**self.fixed, **values}):
+                values[d.name] = pick(d)
+        fixed = {k: v for k, v in self.fixed.items() if applies(k, {**self.fixed, **values})}
+        return TrainConfig(**fixed, **values, seed=seed).resolve()
 
     @property
     def packed(self) -> bool:
@@ -114,6 +133,19 @@ class TuneSpec:
     def configs(self, trial) -> list[TrainConfig]:
         """The trial's runs: its sample, once per seed (Optuna repeats a suggestion)."""
         return [self.config(trial, s) for s in self.seeds]
+
+
+def applies(name: str, chosen: dict[str, Any]) -> bool:
+    """Whether ``name`` means anything beside the values ``chosen`` so far (a scheduler's own
+    knobs under the other scheduler do not)."""
+    step = chosen.get("step", TrainConfig.step)
+    recipe = {**BASE_RECIPE, **RECIPES.get(step, {})}
+    scheduler = chosen.get("scheduler") or recipe.get("scheduler")
+    if name in ONECYCLE_ONLY:
+        return scheduler == "onecycle"
+    if name in ("lr_step", "lr_gamma"):
+        return scheduler == "step"
+    return True
 
 
 def _field_type(name: str) -> type:
@@ -172,6 +204,11 @@ def load_tune(path: str | Path) -> TuneSpec:
                                   or value < 1):  # fmt: skip
             raise UserError(f"{path}: {key} must be a whole number of at least 1, got {value!r}")
         numbers[key] = value
+    max_seconds = data.get("max_seconds")
+    if max_seconds is not None and (isinstance(max_seconds, bool)
+                                    or not isinstance(max_seconds, (int, float))
+                                    or not 0 < max_seconds < math.inf):  # fmt: skip
+        raise UserError(f"{path}: max_seconds must be a number of seconds above 0")
     if numbers["max_params"] is None:
         raise UserError(f"{path}: max_params is required (the parameter budget, e.g. 8000)")
     fixed = _train_fields(data.get("fixed", {}), f"{path} [fixed]")
@@ -187,6 +224,14 @@ def load_tune(path: str | Path) -> TuneSpec:
         raise UserError(f"{path}: [space] must name at least one field to search")
     space = [_dimension(k, v, f"{path} [space]") for k, v in space_raw.items()]
     both = sorted(set(fixed) & {d.name for d in space})
+    idle = [
+        d.name
+        for d in space
+        if not set(FIRST) & {x.name for x in space} and not applies(d.name, fixed)
+    ]
+    if idle:
+        raise UserError(f"{path} [space].{idle[0]} never applies under this step's scheduler; "
+                        "search scheduler too, or drop it")  # fmt: skip
     if both:
         raise UserError(f"{path}: {both[0]!r} is in both [fixed] and [space]; keep one")
     sampler = Sampler(**_strict(Sampler, data.get("sampler", {}), f"{path} [sampler]"))
@@ -199,6 +244,8 @@ def load_tune(path: str | Path) -> TuneSpec:
         raise UserError(f"{path} [pruner].name must be one of {', '.join(PRUNERS)}")
     if not isinstance(pruner.startup_trials, int) or pruner.startup_trials < 0:
         raise UserError(f"{path} [pruner].startup_trials must be a whole number, at least 0")
+    if not isinstance(pruner.percentile, (int, float)) or not 0 < pruner.percentile < 100:
+        raise UserError(f"{path} [pruner].percentile must be between 0 and 100, e.g. 25")
     resources = Resources(**_strict(Resources, data.get("resources", {}), f"{path} [resources]"))
     if resources.world_size > 1:
         raise UserError(f"{path} [resources]: a tune worker trains one trial in one process; "
@@ -210,6 +257,7 @@ def load_tune(path: str | Path) -> TuneSpec:
         name=name, file=str(path), seeds=seeds, max_params=numbers["max_params"], fixed=fixed,
         space=space, sampler=sampler, pruner=pruner, resources=resources,
         max_epochs=numbers["max_epochs"], trials=numbers["trials"] or 20,
+        max_seconds=max_seconds,
         description=str(data.get("description", "")),
     )  # fmt: skip
     _check_fixed(spec, path)
@@ -219,10 +267,13 @@ def load_tune(path: str | Path) -> TuneSpec:
 def _check_fixed(spec: TuneSpec, path: Path) -> None:
     """The fixed values as a config (each range's low end sampled): TrainConfig's checks,
     the epoch cap and the pruner's epochs, at parse time."""
-    low = {d.name: d.choices[0] if d.choices is not None else d.low for d in spec.space}
-    low = {k: int(v) if _field_type(k) is int else v for k, v in low.items()}
+
+    def low(d: Dimension) -> Any:
+        value = d.choices[0] if d.choices is not None else d.low
+        return int(value) if d.choices is None and _field_type(d.name) is int else value
+
     try:
-        cfg = TrainConfig(**spec.fixed, **low, seed=spec.seeds[0]).resolve()
+        cfg = spec.sample(low, spec.seeds[0])
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     if spec.max_epochs is not None and cfg.epochs > spec.max_epochs:

@@ -25,6 +25,7 @@ import json
 import os
 import socket
 import statistics
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ RUNS, LOCKS, LOGS = "runs", "locks", "logs"
 LOST = "lost"  # user attr of a trial whose worker died; its parameters were enqueued again
 RESUMES = "resumes"  # user attr of the enqueued trial: the number of the lost one
 OVER_BUDGET = "over_budget"  # user attr: params above max_params, never trained
+OVER_SECONDS = "over_seconds"  # user attr: training seconds - max_seconds (> 0: infeasible)
 
 
 def open_storage(tune_dir: Path, url: str | None = None):
@@ -63,6 +65,7 @@ def sampler(spec: TuneSpec, worker: int):
     import optuna
 
     seed = spec.sampler.seed + worker
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if spec.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     # Optuna 5 reads a trial's own constraints (Trial.set_constraint; the worker sets
@@ -71,7 +74,14 @@ def sampler(spec: TuneSpec, worker: int):
     return optuna.samplers.TPESampler(
         seed=seed,
         n_startup_trials=spec.sampler.startup_trials,
-        constraints_func=None if own else lambda t: [float(t.user_attrs.get("over", 0))],
+        multivariate=spec.sampler.multivariate,
+        group=spec.sampler.multivariate,  # a conditional space: one model per set of fields
+        constraints_func=None
+        if own
+        else lambda t: [
+            float(t.user_attrs.get("over", 0)),
+            float(t.user_attrs.get(OVER_SECONDS, 0)),
+        ],
     )
 
 
@@ -83,6 +93,10 @@ def pruner(spec: TuneSpec):
         return optuna.pruners.NopPruner()
     if spec.pruner.name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner.startup_trials)
+    if spec.pruner.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            spec.pruner.percentile, n_startup_trials=spec.pruner.startup_trials
+        )
     first = min(spec.pruner.at_epochs)
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
 
@@ -191,7 +205,8 @@ def recover(tune_dir: Path, study, storage) -> list[int]:
 
 
 def counts(study, tune_dir: Path | None = None) -> Counter:
-    """Trials by state: complete, pruned, running, failed, waiting, lost, over_budget (and,
+    """Trials by state: complete, pruned, running, failed, waiting, lost, over_budget,
+    over_time (complete, but trained longer than max_seconds) (and,
     given the folder, "stalled": running, its worker gone, not yet recovered), and
     ``used``: the trials that count toward ``--trials`` (all but the lost and the waiting)."""
     c: Counter = Counter()
@@ -201,20 +216,26 @@ def counts(study, tune_dir: Path | None = None) -> Counter:
             name = LOST
         elif t.user_attrs.get(OVER_BUDGET):
             name = OVER_BUDGET
+        elif name == "complete" and t.user_attrs.get(OVER_SECONDS, 0) > 0:
+            name = "over_time"
         elif name == "running" and tune_dir is not None and lock_free(tune_dir, t.number):
             name = "stalled"
         c[name] += 1
     c["used"] = sum(c[k] for k in ("complete", "pruned", "running", "stalled", "fail",
-                                   OVER_BUDGET))  # fmt: skip
+                                   OVER_BUDGET, "over_time"))  # fmt: skip
     return c
 
 
 def best_trials(study, k: int | None = None) -> list:
-    """Complete trials within the budget, best mean validation accuracy first."""
+    """Complete, feasible trials (within max_params and max_seconds), best mean validation
+    accuracy first."""
     from optuna.trial import TrialState
 
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if not t.user_attrs.get(OVER_BUDGET)]  # fmt: skip
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not t.user_attrs.get(OVER_BUDGET) and t.user_attrs.get(OVER_SECONDS, 0) <= 0
+    ]
     done.sort(key=lambda t: (-t.value, t.number))
     return done[:k] if k else done
 

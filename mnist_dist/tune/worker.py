@@ -133,8 +133,14 @@ def attempt(spec: TuneSpec, study, trial, tune_dir: Path, threads: int, data_dir
     results = train_trial(spec, cfgs, trial, runs, threads, data_dir)
     states = {r["state"] for r in results}
     accs = [r["final_val_acc"] for r in results]
+    seconds = trial_seconds(spec, results)
     trial.set_user_attr("val_accs", accs)
-    trial.set_user_attr("seconds", trial_seconds(spec, results))
+    trial.set_user_attr("seconds", seconds)
+    if spec.max_seconds is not None and "pruned" not in states:  # a pruned trial's are partial
+        late = seconds - spec.max_seconds
+        if hasattr(trial, "set_constraint"):
+            trial.set_constraint("seconds", late)
+        trial.set_user_attr(st.OVER_SECONDS, late)
     if "pruned" in states:
         return "pruned"
     if states != {"done"}:
@@ -203,9 +209,10 @@ class Pruning:
 
 
 def trial_seconds(spec: TuneSpec, results: list[dict]) -> float:
-    """The trial's training time, seconds: a pack's wall time, or its seeds' summed."""
-    walls = [r.get("wall_seconds") or 0.0 for r in results]
-    return max(walls) if spec.packed else sum(walls)
+    """The trial's training time, seconds: its epochs' training seconds (no scoring, no
+    setup), a pack's once (each seed's row holds the whole pack's), one after another summed."""
+    runs = results[:1] if spec.packed else results
+    return sum(row.get("seconds", 0.0) for r in runs for row in r["history"])
 
 
 @cli_errors
