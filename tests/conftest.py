@@ -100,9 +100,19 @@ def pytest_xdist_make_scheduler(config, log):
 
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return SHARED_SCOPES.get(nodeid) or SHARED_SCOPES.get(nodeid.split("::")[0], nodeid)
+            return shared_scope(nodeid) or nodeid
 
     return Scheduling(config, log)
+
+
+def shared_scope(nodeid: str) -> str | None:
+    return SHARED_SCOPES.get(nodeid) or SHARED_SCOPES.get(nodeid.split("::")[0])
+
+
+# The shared scopes go out first, the longest first: a worker runs the SLURM modules from
+# the start (minutes of jobs, mostly waiting on them) while the others take everything else.
+# Handed out last, the SLURM scope alone set the suite's wall time.
+FIRST = ("slurm", "tune", "recognizer", "report")
 
 
 def pytest_collection_modifyitems(items):
@@ -110,6 +120,8 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("slurm"):
             item.add_marker(pytest.mark.slow)
+    rank = {scope: i for i, scope in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(shared_scope(item.nodeid), len(FIRST)))  # stable
 
 
 @pytest.fixture(scope="session")
