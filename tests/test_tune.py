@@ -292,6 +292,21 @@ def test_over_budget_and_refused_trials_never_train_and_the_worker_goes_on(tmp_p
     assert_one_line_error(report, "no complete trial")
 
 
+def test_a_trial_projected_over_max_seconds_is_pruned_at_epoch_2(tmp_path, data_dir):
+    spec = tmp_path / "t_tune.toml"
+    text = TUNE.format(max_params=BUDGET).replace("trials = 6", "trials = 1")
+    spec.write_text(text.replace("max_params", "max_seconds = 0.001\nmax_params"))
+    out = tmp_path / "out"
+    proc = run_cli("tune", str(spec), "--cluster", "local", "--workers", "1", "--out", str(out),
+                   "--data-dir", str(data_dir), "--wait", "--poll", "0.2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (trial,) = load(out)
+    assert trial.state.name == "PRUNED" and trial.user_attrs["too_slow"] > 0.001
+    assert trial.user_attrs["trained_steps"] == [1, 2]
+    for tid in trial.user_attrs["trial_ids"]:
+        assert json.loads((out / "runs" / tid / "result.json").read_text())["state"] == "pruned"
+
+
 def test_a_tune_that_needs_the_test_set_is_refused(tmp_path, capsys):
     from .conftest import cli_error
 

@@ -20,7 +20,7 @@ import os
 import statistics
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -157,12 +157,14 @@ def train_trial(spec: TuneSpec, cfgs: list[TrainConfig], trial, runs: Path, thre
     rt = Runtime(data_dir=data_dir, resume=True, cpu=True, threads=threads, progress=False)
     if spec.packed:
         rt = dataclasses.replace(rt, out=str(runs), seeds=list(spec.seeds))
-        by_seed = when_free(trial, train_seeds, cfgs[0], rt, Pruning(trial, spec, 0))
+        hook = Pruning(trial, spec, 0, cfgs[0].epochs)
+        by_seed = when_free(trial, train_seeds, cfgs[0], rt, hook)
         return [by_seed[c.seed] for c in cfgs]
     results = []
     for k, cfg in enumerate(cfgs):  # one after another; a pruned seed ends the trial
         one = dataclasses.replace(rt, out=str(runs / cfg.trial_id()))
-        results.append(when_free(trial, train, cfg, one, Pruning(trial, spec, k * cfg.epochs)))
+        hook = Pruning(trial, spec, k * cfg.epochs, cfg.epochs * len(cfgs))
+        results.append(when_free(trial, train, cfg, one, hook))
         if results[-1]["state"] != "done":
             break
     return results
@@ -188,11 +190,15 @@ def when_free(trial, fn, *args):
 @dataclass
 class Pruning:
     """The per-epoch hook of a trial: report the mean validation accuracy of the seeds
-    still training, and prune them all when the pruner says so at one of ``at_epochs``."""
+    still training, and prune them all when the pruner says so at one of ``at_epochs``, or
+    from epoch 2 on when the trial's training time, projected from its epochs so far, is
+    over SLOW x max_seconds (it would end infeasible: why train it to the end?)."""
 
     trial: Any
     spec: TuneSpec
     offset: int  # steps before this run's first epoch (seeds one after another)
+    total_epochs: int  # the trial's epochs, over all its runs
+    seconds: list[float] = field(default_factory=list)  # this attempt's epochs' seconds
 
     def __call__(self, epoch: int, rows: list[dict[str, Any]]) -> list[str]:
         from ..training.loop import GO_ON, PRUNED
@@ -203,9 +209,19 @@ class Pruning:
         # the steps this attempt trained: a resumed trial's and its lost one's never overlap
         trained = self.trial.user_attrs.get("trained_steps", [])  # local: no storage read
         self.trial.set_user_attr("trained_steps", [*trained, self.offset + epoch])
+        self.seconds.append(rows[0]["seconds"])  # a pack's row holds the whole pack's
+        projected = statistics.fmean(self.seconds[-3:]) * self.total_epochs
+        if self.spec.max_seconds and epoch >= 2 and projected > SLOW * self.spec.max_seconds:
+            self.trial.set_user_attr("too_slow", projected)
+            return [PRUNED] * len(rows)
         if epoch in self.spec.pruner.at_epochs and self.trial.should_prune():
             return [PRUNED] * len(rows)
         return [GO_ON] * len(rows)
+
+
+# A trial projected to train this many times max_seconds is pruned early; nearer the
+# limit it trains to the end, and its measured seconds decide.
+SLOW = 1.25
 
 
 def trial_seconds(spec: TuneSpec, results: list[dict]) -> float:
