@@ -221,6 +221,7 @@ def test_the_report_shows_top_trials_importances_history_and_fronts(killed_and_r
     assert {p.name for p in plots.iterdir()} >= {"history.png", "front_params.png",
                                                  "front_seconds.png"}  # fmt: skip
     assert "| rank |" in (out.parent / "tune.md").read_text()
+    assert_one_line_error(run_cli("report", str(out), "--compare"), "--compare", "tune folder")
 
 
 def test_promote_registers_a_step_and_its_test_sweep(killed_and_resumed, tmp_path):
@@ -305,6 +306,74 @@ def test_a_trial_projected_over_max_seconds_is_pruned_at_epoch_2(tmp_path, data_
     assert trial.user_attrs["trained_steps"] == [1, 2]
     for tid in trial.user_attrs["trial_ids"]:
         assert json.loads((out / "runs" / tid / "result.json").read_text())["state"] == "pruned"
+
+
+def test_a_repeated_config_reuses_its_runs_and_says_so(tmp_path, data_dir):
+    """A space of one point: the second trial samples the first's config; its runs already
+    hold results, so it trains nothing and is flagged reused, with the same value."""
+    spec = tmp_path / "t_tune.toml"
+    text = TUNE.format(max_params=8000).replace("trials = 6", "trials = 2")  # 6,706 params
+    text = text.replace("lr = { choices = [1e-6, 0.1] }", "lr = { choices = [0.1] }")
+    spec.write_text(text.replace("width3 = { low = 8, high = 16 }", ""))
+    out = tmp_path / "out"
+    proc = run_cli(
+        "tune",
+        str(spec),
+        "--cluster",
+        "local",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--trials",
+        "1",
+        "--wait",
+        "--poll",
+        "0.2",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    proc = run_cli("tune", str(out), "--cluster", "local", "--workers", "1", "--trials", "2",
+                   "--data-dir", str(data_dir), "--wait", "--poll", "0.2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    a, b = load(out)
+    assert a.params == b.params and b.user_attrs["reused"] and not a.user_attrs.get("reused")
+    assert a.value == b.value and "trained_steps" not in b.user_attrs  # nothing trained
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == first
+    assert "(reused)" in run_cli("report", str(out)).stdout
+
+
+def test_a_study_in_an_rdb_storage(tmp_path, data_dir):
+    """--storage: the study in a SQLite database instead of the journal; workers open it."""
+    spec = tmp_path / "t_tune.toml"
+    spec.write_text(TUNE.format(max_params=100).replace("trials = 6", "trials = 2"))
+    out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}"
+    proc = run_cli(
+        "tune",
+        str(spec),
+        "--cluster",
+        "local",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--storage",
+        url,
+        "--data-dir",
+        str(data_dir),
+        "--wait",
+        "--poll",
+        "0.2",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    import optuna
+
+    trials = optuna.load_study(study_name="t", storage=url).get_trials()
+    assert len(trials) == 2 and all(t.user_attrs["over_budget"] for t in trials)
+    assert not (out / "journal.log").exists()
+    assert "2 of 2 trials used" in run_cli("tune", str(out), "--status").stdout
 
 
 def test_a_tune_that_needs_the_test_set_is_refused(tmp_path, capsys):

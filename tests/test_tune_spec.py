@@ -98,6 +98,7 @@ def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
         (('name = "median"', 'name = "median"\nstartup_trials = -1'), "startup_trials"),
         (("[pruner]", "[sampler]\nstartup_trials = 1.5\n[pruner]"), "startup_trials"),
         (("[space]", "[space]\nwidth1 = { low = 4, high = 8 }"), "--step family"),
+        (("[fixed]", "[fixed]\nseed = 3"), "[fixed].seed: a trial's seeds are"),
     ],
 )  # fmt: skip
 def test_bad_tune_files_are_one_line_errors(tmp_path, edit, fragment):

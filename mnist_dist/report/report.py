@@ -288,6 +288,12 @@ def report_main(argv: list[str] | None = None, prog: str = "mnist-dist report") 
 
         if args.top < 1:
             raise UserError(f"--top must be at least 1, got {args.top}")
+        given = [f for f, v in (("--compare", args.compare), ("--paired", args.paired),
+                                ("--reference", args.reference), ("--split", args.split),
+                                ("--log-to-wandb", args.log_to_wandb)) if v]  # fmt: skip
+        if given:
+            raise UserError(f"{given[0]} reads a sweep's runs; a tune folder's report takes "
+                            "--top, --json, --markdown and --plots")  # fmt: skip
         return report_tune(Path(args.dir), args)
     keys = [f.name for f in dataclasses.fields(TrainConfig)]
     if args.by not in keys:

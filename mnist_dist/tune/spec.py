@@ -212,6 +212,8 @@ def load_tune(path: str | Path) -> TuneSpec:
     if numbers["max_params"] is None:
         raise UserError(f"{path}: max_params is required (the parameter budget, e.g. 8000)")
     fixed = _train_fields(data.get("fixed", {}), f"{path} [fixed]")
+    if "seed" in fixed:
+        raise UserError(f"{path} [fixed].seed: a trial's seeds are `seeds = [...]`; remove it")
     if fixed.get("test_eval", "never") != "never":
         raise UserError(f"{path} [fixed].test_eval must be \"never\": a tune never scores the "
                         "test set")  # fmt: skip
