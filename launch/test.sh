@@ -22,6 +22,13 @@ fi
 export WANDB_MODE="${WANDB_MODE:-offline}" WANDB_SILENT=true
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
+# The docs site (mkdocs.yml): --strict fails on a broken link or a page left out of the nav.
+if "$PY" -c "import mkdocs, material" 2>/dev/null; then
+  # not --quiet: it hides the warnings that --strict counts, and a broken link then passes
+  NO_MKDOCS_2_WARNING=1 "$PY" -m mkdocs build --strict
+else
+  echo "docs not built: mkdocs-material is not installed (pip install -e '.[docs]')"
+fi
 # -n auto: a worker per core (pytest-xdist; tests/conftest.py pins each to its cores and
 # keeps tests that share a cluster or a trained run on one). The 15 slowest: CI must stay
 # under 12 min. While editing: bash launch/test.sh -m "not slow"
