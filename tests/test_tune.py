@@ -92,6 +92,13 @@ def config_hash(trial) -> str:
     return cfg.resolve().config_hash()
 
 
+def one_worker(target: Path, data_dir: Path, *args: str) -> None:
+    """``tune TARGET --cluster local --workers 1 --wait ARGS``, which must succeed."""
+    proc = run_cli("tune", str(target), "--cluster", "local", "--workers", "1", "--wait",
+                   "--poll", "0.2", "--data-dir", str(data_dir), *args)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return make_tiny_mnist(tmp_path_factory.mktemp("data"), n_train=2048, n_test=256)
@@ -277,9 +284,7 @@ def test_over_budget_and_refused_trials_never_train_and_the_worker_goes_on(tmp_p
         text.replace("[sampler]", 'headline = { choices = ["model", "ema"] }\n[sampler]')
     )
     out = tmp_path / "out"
-    proc = run_cli("tune", str(spec), "--cluster", "local", "--workers", "1", "--out", str(out),
-                   "--data-dir", str(data_dir), "--wait", "--poll", "0.2")  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one_worker(spec, data_dir, "--out", str(out))
     trials = load(out)
     assert len(trials) == 4
     for t in trials:
@@ -298,9 +303,7 @@ def test_a_trial_projected_over_max_seconds_is_pruned_at_epoch_2(tmp_path, data_
     text = TUNE.format(max_params=BUDGET).replace("trials = 6", "trials = 1")
     spec.write_text(text.replace("max_params", "max_seconds = 0.001\nmax_params"))
     out = tmp_path / "out"
-    proc = run_cli("tune", str(spec), "--cluster", "local", "--workers", "1", "--out", str(out),
-                   "--data-dir", str(data_dir), "--wait", "--poll", "0.2")  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one_worker(spec, data_dir, "--out", str(out))
     (trial,) = load(out)
     assert trial.state.name == "PRUNED" and trial.user_attrs["too_slow"] > 0.001
     assert trial.user_attrs["trained_steps"] == [1, 2]
@@ -316,28 +319,9 @@ def test_a_repeated_config_reuses_its_runs_and_says_so(tmp_path, data_dir):
     text = text.replace("lr = { choices = [1e-6, 0.1] }", "lr = { choices = [0.1] }")
     spec.write_text(text.replace("width3 = { low = 8, high = 16 }", ""))
     out = tmp_path / "out"
-    proc = run_cli(
-        "tune",
-        str(spec),
-        "--cluster",
-        "local",
-        "--workers",
-        "1",
-        "--out",
-        str(out),
-        "--data-dir",
-        str(data_dir),
-        "--trials",
-        "1",
-        "--wait",
-        "--poll",
-        "0.2",
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one_worker(spec, data_dir, "--out", str(out), "--trials", "1")
     first = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
-    proc = run_cli("tune", str(out), "--cluster", "local", "--workers", "1", "--trials", "2",
-                   "--data-dir", str(data_dir), "--wait", "--poll", "0.2")  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one_worker(out, data_dir, "--trials", "2")
     a, b = load(out)
     assert a.params == b.params and b.user_attrs["reused"] and not a.user_attrs.get("reused")
     assert a.value == b.value and "trained_steps" not in b.user_attrs  # nothing trained
@@ -350,24 +334,7 @@ def test_a_study_in_an_rdb_storage(tmp_path, data_dir):
     spec = tmp_path / "t_tune.toml"
     spec.write_text(TUNE.format(max_params=100).replace("trials = 6", "trials = 2"))
     out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}"
-    proc = run_cli(
-        "tune",
-        str(spec),
-        "--cluster",
-        "local",
-        "--workers",
-        "1",
-        "--out",
-        str(out),
-        "--storage",
-        url,
-        "--data-dir",
-        str(data_dir),
-        "--wait",
-        "--poll",
-        "0.2",
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one_worker(spec, data_dir, "--out", str(out), "--storage", url)
     import optuna
 
     trials = optuna.load_study(study_name="t", storage=url).get_trials()
