@@ -6,6 +6,7 @@ packed and a separate run differ only by float reduction order: histories agree 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -178,6 +179,34 @@ def test_resume_trains_only_the_missing_seeds(tiny_mnist, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("already complete") == 1 and "packed as one grouped net" in proc.stdout
     assert results[0].read_text() == kept and all(r.is_file() for r in results)
+
+
+@pytest.mark.slow
+def test_a_pack_that_dies_in_its_finish_resumes_without_training_again(tiny_mnist, tmp_path):
+    """The pack writes its seeds' results one by one after its last save. A fault between
+    them (here seed 1's result.json cannot be written) leaves seed 0 finished and seeds 1-2
+    in the pack state: --resume finishes them from it, trains no epoch, and keeps seed 0."""
+    out = tmp_path / "p"
+    args = ("train", "--step", "step5", "--seeds", "0-2", "--epochs", "2", "--train-limit",
+            "128", "--data-dir", str(tiny_mnist), "--out", str(out))  # fmt: skip
+    cfg = TrainConfig(step="step5", epochs=2, train_limit=128)
+    ids = [dataclasses.replace(cfg, seed=s).trial_id() for s in range(3)]
+    blocker = out / ids[1] / "result.json"
+    blocker.mkdir(parents=True)  # a folder where seed 1's result goes: its write fails
+    assert run_cli(*args).returncode != 0
+    kept = (out / ids[0] / "result.json").read_text()
+    assert not (out / ids[2] / "result.json").exists() and list((out / ".packs").iterdir())
+    blocker.rmdir()
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming seeds [0, 1, 2] after epoch 2" in proc.stdout
+    assert "epoch  1/2" not in proc.stdout and "epoch  2/2" not in proc.stdout  # none trained
+    assert (out / ids[0] / "result.json").read_text() == kept
+    for trial in ids[1:]:
+        result = read(out / trial / "result.json")
+        assert result["state"] == "done" and len(result["history"]) == 2
+        assert (out / trial / "checkpoint.pt").is_file()
+    assert not list((out / ".packs").iterdir())
 
 
 def test_the_packed_module_is_grouped_and_moves_weights_both_ways():

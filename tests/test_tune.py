@@ -155,6 +155,7 @@ def test_a_killed_tune_resumes_and_nothing_is_trained_twice_or_lost(killed_and_r
     trials = load(out)
     lost = [t for t in trials if t.user_attrs.get("lost")]
     assert lost, [t.user_attrs for t in trials]
+    resumed = []
     for t in lost:  # each lost trial is resumed by exactly one successor, with its params
         heirs = [h for h in trials if h.user_attrs.get("resumes") == t.number]
         assert len(heirs) == 1 and heirs[0].params == t.params
@@ -162,9 +163,13 @@ def test_a_killed_tune_resumes_and_nothing_is_trained_twice_or_lost(killed_and_r
         mine, theirs = t.user_attrs.get("trained_steps", []), heirs[0].user_attrs.get(
             "trained_steps", [])  # fmt: skip
         assert not set(mine) & set(theirs), (mine, theirs)  # no epoch trained twice
-    assert "resuming seeds [0, 1] after epoch" in "".join(
+        if mine and theirs:  # the heir went on from the lost trial's last saved epoch
+            resumed.append(t.number)
+    # (a lost trial killed after all its results were written leaves its heir nothing to
+    # train: the heir reuses them, as any repeated config does)
+    assert not resumed or "resuming seeds [0, 1] after epoch" in "".join(
         p.read_text() for p in (out / "logs").glob("worker-*.log")
-    ) or all(not t.user_attrs.get("trained_steps") for t in lost)
+    )
     # --trials is a total over both calls: exactly 6 used, none failed, none waiting
     used = [t for t in trials if not t.user_attrs.get("lost")]
     assert len(used) == 6 and all(t.state.name in ("COMPLETE", "PRUNED") for t in used)

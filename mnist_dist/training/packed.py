@@ -42,24 +42,49 @@ def train_seeds(cfg: TrainConfig, rt: Runtime, on_epoch: EpochHook = go_on) -> d
     results = {s: finished_result(folders[s], c) for s, c in cfgs.items()
                if (folders[s] / RESULT).is_file()}  # fmt: skip
     todo = [s for s in rt.seeds if s not in results]
+    for pack, state_path in list(unfinished_packs(parent, base, todo)):
+        done = resume_pack(base, rt, pack, parent, state_path, on_epoch)
+        results.update((s, r) for s, r in done.items() if s in cfgs)
+        todo = [s for s in todo if s not in pack]
     if len(todo) == 1:  # one seed: the plain path and checkpoint, bit for bit
         s = todo[0]
         one = dataclasses.replace(rt, out=str(folders[s]), seeds=None)
         results[s] = train(cfgs[s], one, on_epoch)
     elif todo:
-        pack = [cfgs[s] for s in todo]
-        check_packable(base)
         state_path = parent / PACKS / f"{base.config_hash()}-s{'_'.join(map(str, todo))}.pt"
-        if not rt.resume and state_path.is_file():
-            raise UserError(
-                f"{state_path} holds these seeds' unfinished pack; pass --resume to continue "
-                "it, or choose a new --out"
-            )
-        with trial_locks([folders[s] for s in todo]):
-            ckpt = load_pack_state(state_path, base, todo) if rt.resume else None
-            run = PackRun(pack, rt, [folders[s] for s in todo], ckpt, state_path)
-            results.update(fit(run, on_epoch))
-            state_path.unlink(missing_ok=True)  # every seed holds its result: nothing to resume
+        results.update(resume_pack(base, rt, todo, parent, state_path, on_epoch))
+    return results
+
+
+def unfinished_packs(parent: Path, cfg: TrainConfig, todo: list[int]):
+    """(seeds, state path) of each pack state of this config that holds a seed of ``todo``
+    and whose other seeds are finished: a pack killed while it wrote its seeds' results
+    (after its last save) names more seeds than are left, and resumes to finish the rest
+    rather than train them again."""
+    for path in sorted((parent / PACKS).glob(f"{cfg.config_hash()}-s*.pt")):
+        seeds = [int(s) for s in path.stem.rsplit("-s", 1)[1].split("_")]
+        done = [s for s in seeds if s not in todo]
+        if len(done) < len(seeds) and all(
+            (parent / dataclasses.replace(cfg, seed=s).trial_id() / RESULT).is_file() for s in done
+        ):
+            yield seeds, path
+
+
+def resume_pack(base, rt, seeds, parent, state_path, on_epoch) -> dict[int, dict]:
+    """Train (or, with --resume, continue) the pack of ``seeds``; {seed: result}."""
+    check_packable(base)
+    if not rt.resume and state_path.is_file():
+        raise UserError(
+            f"{state_path} holds these seeds' unfinished pack; pass --resume to continue "
+            "it, or choose a new --out"
+        )
+    pack = [dataclasses.replace(base, seed=s) for s in seeds]
+    folders = [parent / c.trial_id() for c in pack]
+    with trial_locks(folders):
+        ckpt = load_pack_state(state_path, base, seeds) if rt.resume else None
+        run = PackRun(pack, rt, folders, ckpt, state_path)
+        results = fit(run, on_epoch)
+        state_path.unlink(missing_ok=True)  # every seed holds its result: nothing to resume
     return results
 
 
@@ -132,6 +157,10 @@ class PackRun(Run):
         have written: model, optimizer, scheduler, EMA), then its result.json. A seed the
         hook stopped gets no checkpoint (see ``Run.write_result``)."""
         count, cfg = len(self.cfgs), self.cfgs[n]
+        if (self.folders[n] / RESULT).is_file():  # written before a kill in this finish
+            result = finished_result(self.folders[n], cfg)
+            self.trackers[n].finish(result)
+            return result
         timing = (f"pack of {count} seeds: seconds, images_per_s (seed-images/s) and wall "
                   "time are the whole pack's")  # fmt: skip
         others = [c.seed for c in self.cfgs if c.seed != cfg.seed]
