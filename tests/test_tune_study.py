@@ -23,6 +23,7 @@ def test_a_running_trial_is_handed_on_only_once_its_lock_is_free(tune):
     folder, spec, study, storage = tune
     trial = study.ask()
     lr = trial.suggest_float("lr", 0.01, 0.2, log=True)
+    trial.set_user_attr("trial_ids", ["family-s0-x"])  # its config is whole: it may train
     fd = st.hold_trial(folder, trial.number)
     assert st.recover(folder, study, storage) == []  # held: a live worker trains it
     assert st.counts(study, folder)["running"] == 1
@@ -35,6 +36,16 @@ def test_a_running_trial_is_handed_on_only_once_its_lock_is_free(tune):
     assert heir.user_attrs[st.RESUMES] == trial.number
     assert heir.suggest_float("lr", 0.01, 0.2, log=True) == lr
     assert st.recover(folder, study, storage) == [heir.number]  # nobody holds its lock either
+
+
+def test_a_trial_lost_before_its_config_was_whole_is_not_handed_on(tune):
+    """Killed between ask and the last suggest: nothing trained, no parameters to resume."""
+    folder, spec, study, storage = tune
+    trial = study.ask()
+    assert st.recover(folder, study, storage) == [trial.number]  # no lock held
+    c = st.counts(study, folder)
+    assert (c["lost"], c["waiting"], c["used"]) == (1, 0, 0)
+    assert st.RESUMES not in study.ask().user_attrs  # the next ask samples afresh
 
 
 def test_counts_toward_trials_exclude_the_lost_and_include_the_infeasible(tune):

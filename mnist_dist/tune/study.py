@@ -190,7 +190,9 @@ def job_name() -> str:
 
 def recover(tune_dir: Path, study, storage) -> list[int]:
     """Fail and enqueue again every RUNNING trial whose worker is gone; their numbers.
-    Call under ``ask_lock``."""
+    Call under ``ask_lock``. A trial whose worker died before its config was whole (no
+    ``trial_ids`` yet: killed while asking) trained nothing: it is only marked lost, and
+    the next ask samples afresh."""
     from optuna.trial import TrialState
 
     lost = []
@@ -199,7 +201,8 @@ def recover(tune_dir: Path, study, storage) -> list[int]:
             continue
         storage.set_trial_user_attr(t._trial_id, LOST, True)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={RESUMES: t.number})
+        if "trial_ids" in t.user_attrs:
+            study.enqueue_trial(t.params, user_attrs={RESUMES: t.number})
         lost.append(t.number)
     return lost
 
