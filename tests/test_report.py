@@ -83,9 +83,14 @@ def test_collapsed_seeds_count_in_n_and_are_named_by_report_and_status(tmp_path,
     groups = json.loads(capsys.readouterr().out)["groups"]
     assert [(g["n"], g["n_collapsed"]) for g in groups] == [(3, 1), (1, 0)]
     assert groups[0]["mean"] == pytest.approx((9.8 + 98.9 + 99.0) / 3)  # still in the mean
+    # its t-interval leaves [0, 100]: the bootstrap one is shown, labelled, the t one kept
+    t_lo, t_hi = groups[0]["ci95"]
+    assert t_lo < 0 and 9.8 <= groups[0]["ci95_bounded"][0] < groups[0]["ci95_bounded"][1] <= 99
     main(["report", str(root)])
     table = capsys.readouterr().out
     assert "3 (1 collapsed)" in table and "step1: 1 of 3 collapsed" in table
+    lo, hi = groups[0]["ci95_bounded"]
+    assert f"[{lo:.3f}, {hi:.3f}] bootstrap" in table and f"[{t_lo:.3f}, {t_hi:.3f}]" in table
     main(["status", str(root)])
     rows = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")]
     named = [ln.split()[0] for ln in rows if "(collapsed: below 20%)" in ln]
@@ -109,6 +114,23 @@ def test_the_plots_count_collapsed_seeds_for_accuracies_only():
     assert [r["seed"] for r in runs] == [1] and dead == 1
     runs, dead = trained(group, "train_seconds")
     assert len(runs) == 2 and dead == 0
+
+
+def test_the_zooms_show_the_configs_near_the_best_and_collapsed_seeds_never_set_them():
+    """step2's seeds that trained end near 80%: the zooms keep step3 and step4 (within a
+    point of the best mean), never step2; a collapsed step3 seed does not pull step3 out."""
+    from mnist_dist.report.plots import contenders
+    from mnist_dist.report.stats import config_groups
+
+    finals = {"step2": (70.0, 89.0, 90.0), "step3": (9.8, 99.2, 99.3), "step4": (99.3, 99.4)}
+    results = [fake_result(step, s, [a], params=100 + len(step))
+               for step, accs in finals.items() for s, a in enumerate(accs)]  # fmt: skip
+    groups = sorted(config_groups(results, "step")[0], key=lambda g: g.label)
+    assert [g.label for g in groups] == ["step2", "step3", "step4"]
+    assert contenders(groups) == [False, True, True]
+    for r in results:
+        r["train_seconds"] = 10.0
+    assert contenders(groups, "train_seconds") == [True, True, True]  # no accuracy: no zoom
 
 
 def test_works_on_any_folder_of_runs_and_by_never_pools_configs(tmp_path):

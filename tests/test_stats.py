@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from mnist_dist.config import TARGET_ACC
-from mnist_dist.report.stats import NO_CI, group_stats, summarize
+from mnist_dist.report.stats import ACC_BOUNDS, NO_CI, group_stats, summarize
 
 from .synthetic import fake_result
 
@@ -34,6 +34,20 @@ def test_two_seeds_use_t_with_one_degree_of_freedom():
     # t(0.975, df=1) = 12.706: two seeds give a very wide interval, as they should
     assert s["sem"] == pytest.approx(0.2)
     assert s["ci95"] == pytest.approx([99.4 - 12.7062 * 0.2, 99.4 + 12.7062 * 0.2], abs=1e-3)
+
+
+def test_only_a_t_interval_that_leaves_0_100_gets_a_bounded_one():
+    """A collapsed seed (9.8%) beside trained ones: the t-interval runs far outside
+    [0, 100]; the bootstrap percentile interval lies within the seeds' range and holds the
+    mean. The t-interval itself is unchanged, and a group inside [0, 100] gets nothing."""
+    dead = [9.8, 98.9, 99.0, 99.1]
+    s = summarize(dead, ACC_BOUNDS)
+    assert s["ci95"] == summarize(dead)["ci95"] and s["ci95"][1] > 100
+    lo, hi = s["ci95_bounded"]
+    assert min(dead) <= lo < s["mean"] < hi <= max(dead)
+    assert summarize(dead, ACC_BOUNDS)["ci95_bounded"] == [lo, hi]  # seeded: reproducible
+    assert "ci95_bounded" not in summarize([99.2, 99.3, 99.4], ACC_BOUNDS)
+    assert "ci95_bounded" in summarize([99.2, 99.9], ACC_BOUNDS)  # t(df=1) passes 100
 
 
 def test_one_seed_has_no_spread_and_says_so():

@@ -30,11 +30,22 @@ import numpy as np
 from ..config import TARGET_ACC
 from ..fsio import atomic_open
 from ..rundir import COLLAPSED_BELOW, collapsed
-from .stats import DEFAULT_METRIC, Group, group_key, is_accuracy, metric_label, summarize
+from .stats import (
+    ACC_BOUNDS,
+    BOUNDED,
+    DEFAULT_METRIC,
+    Group,
+    group_key,
+    is_accuracy,
+    metric_label,
+    shown_ci,
+    summarize,
+)
 
 PANELS = "performance.png"
 PARAMS = "final_acc_vs_params.png"
 HELD_OUT = {"test": "Test", "val": "Validation"}  # history key prefix -> title word
+ZOOM_POINTS = 1.0  # the zooms show the groups whose mean ends this close to the best (points)
 
 
 def held_out(metric: str) -> str:
@@ -107,12 +118,18 @@ def trained(g: Group, metric: str = DEFAULT_METRIC) -> tuple[list[dict[str, Any]
 
 
 def draw_metric(
-    ax, groups: list[Group], key: str, legend: bool = True, metric: str = DEFAULT_METRIC
-) -> list[float]:
-    """Each group's seeds faint, their mean bold with a +-1 std band, over the seeds that
-    trained (collapsed ones are counted in the legend, not drawn: a dead net at 10% would
-    set the axis); returns the lows of each mean's second half, for zooming."""
-    lows = []
+    ax,
+    groups: list[Group],
+    key: str,
+    legend: bool = True,
+    metric: str = DEFAULT_METRIC,
+    bands: list[bool] | None = None,
+) -> dict[int, float]:
+    """Each group's seeds faint, their mean bold with a +-1 std band (where ``bands`` says:
+    a zoom leaves out the wide bands of groups far below it), over the seeds that trained
+    (collapsed ones are counted in the legend, not drawn: a dead net at 10% would set the
+    axis); returns {group index: the low of its mean's second half}, for zooming."""
+    lows = {}
     for i, g in enumerate(groups):
         color = f"C{i % 10}"
         runs, dead = trained(g, metric)
@@ -128,9 +145,10 @@ def draw_metric(
         style = ("-", "--", ":")[i // 10 % 3]  # colours repeat after 10 groups: styles do not
         ax.plot(epochs, mean, color=color, linewidth=2, label=label, marker="o", markersize=3,
                 linestyle=style)  # fmt: skip
-        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        if bands is None or bands[i]:
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         half = len(mean) // 2
-        lows.append(float(np.min(mean[half:] - std[half:])))
+        lows[i] = float(np.min(mean[half:] - std[half:]))
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
@@ -139,15 +157,26 @@ def draw_metric(
     return lows
 
 
+def zoom_on(ax, lows: dict[int, float], near: list[bool]) -> None:
+    """An accuracy axis from just below the second half of the groups near the best
+    (``contenders``) to 100: where they differ. Groups far below run off its bottom."""
+    mine = [low for i, low in lows.items() if near[i]]
+    if mine:
+        ax.set_ylim(max(0.0, min(mine) - 0.5), 100.0)
+        if not all(near[i] for i in lows):
+            note = f"zoom: the configs within {ZOOM_POINTS:g} point of the best; others run below"
+            ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, color="grey", va="top")
+
+
 def plot_curves(
     groups: list[Group], path: Path, split: str = "test", metric: str = DEFAULT_METRIC
 ) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    lows = draw_metric(ax, groups, f"{split}_acc", metric=metric)
+    near = contenders(groups, metric)
+    lows = draw_metric(ax, groups, f"{split}_acc", metric=metric, bands=near)
     ax.axhline(TARGET_ACC, color="grey", linestyle="--", linewidth=1, label=f"target {TARGET_ACC}%")
-    if lows:  # zoom on the second half of training, where the groups differ
-        ax.set_ylim(max(0.0, min(lows) - 0.5), 100.0)
+    zoom_on(ax, lows, contenders(groups, metric))
     ax.set_ylabel(f"{HELD_OUT[split].lower()} accuracy (%)")
     ax.set_title(f"{HELD_OUT[split]} accuracy per epoch: mean, ±1 std band, each seed faint")
     _legend(ax)
@@ -162,27 +191,71 @@ def plot_panels(
     """The origin's four performance graphs, each group's seeds as a mean and band."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    near = contenders(groups, metric)
     for ax, (key, title, unit) in zip(axes.flat, panel_keys(split), strict=True):
-        draw_metric(ax, groups, key, legend=key == f"{split}_acc", metric=metric)
+        acc = not key.endswith("loss")
+        lows = draw_metric(ax, groups, key, legend=key == f"{split}_acc", metric=metric,
+                           bands=near if acc else None)  # fmt: skip
         if key.endswith("loss"):
             ax.set_yscale("log")  # losses fall over orders of magnitude
+        else:
+            zoom_on(ax, lows, near)
         ax.set_title(title)
         ax.set_ylabel(unit)
-    _legend(axes.flat[-1])
     fig.suptitle("Per epoch: mean over seeds, ±1 std band, each seed faint")
     fig.tight_layout()
+    handles, labels = axes.flat[-1].get_legend_handles_labels()
+    if len(labels) <= 5 and max(map(len, labels), default=0) <= 40:
+        axes.flat[-1].legend(loc="lower right", fontsize=8)
+    else:  # a sweep's many configs: under the four panels, not squeezing them
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=7)
     _save(fig, path)
     plt.close(fig)
     return path
 
 
+def contenders(groups: list[Group], metric: str = DEFAULT_METRIC) -> list[bool]:
+    """Per group: whether its trained seeds' mean ends within ZOOM_POINTS of the best
+    group's, i.e. where the configs differ and the zooms look. All, for non-accuracies."""
+    means = [np.mean([float(r[metric]) for r in runs]) if runs else None
+             for runs, _ in (trained(g, metric) for g in groups)]  # fmt: skip
+    known = [m for m in means if m is not None]
+    if not is_accuracy(metric) or not known:
+        return [True] * len(groups)
+    return [m is not None and m >= max(known) - ZOOM_POINTS for m in means]
+
+
 def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -> Path:
+    """One dot per seed, each group's mean and CI; beside it, when some groups end far
+    below the best, the same zoomed on the groups within ZOOM_POINTS of it."""
+    plt = _pyplot()
+    near = contenders(groups, metric)
+    zoom = not all(near)
+    fig, axes = plt.subplots(1, 2 if zoom else 1, figsize=(13 if zoom else 7, 5), squeeze=False)
+    draw_params(axes[0][0], groups, metric, [True] * len(groups))
+    what = "Final test accuracy" if metric == DEFAULT_METRIC else metric
+    axes[0][0].set_title(f"{what} vs parameters: each seed, mean and 95% CI of the seeds that "
+                         f"trained\n(collapsed: below {COLLAPSED_BELOW:g}%, counted at the bottom "
+                         "edge)", fontsize=10)  # fmt: skip
+    if zoom:
+        draw_params(axes[0][1], groups, metric, near)
+        axes[0][1].set_title(f"zoom: the configs within {ZOOM_POINTS:g} point of the best mean",
+                             fontsize=10)  # fmt: skip
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def draw_params(ax, groups: list[Group], metric: str, keep: list[bool]) -> None:
+    """The groups marked in ``keep``: seeds jittered side by side, the mean with its CI (the
+    bounded one where the t-interval leaves [0, 100]), collapsed seeds counted at the
+    bottom edge; the seeds that trained set the axis."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
     xs, shown = [], []
     for i, g in enumerate(groups):
+        if not keep[i]:
+            continue
         params = float(np.mean([r["params"] for r in g.runs]))
         runs, dead = trained(g, metric)
         finals = [float(r[metric]) for r in runs]
@@ -193,22 +266,23 @@ def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -
                         ha="center", va="bottom", color=color, fontsize=8)  # fmt: skip
         if not finals:
             continue
-        shown += finals
+        stats = summarize(finals, ACC_BOUNDS if is_accuracy(metric) else None)
+        ci = shown_ci(stats) or [stats["mean"]] * 2
+        shown += [*finals, *ci]
         jitter = params * (1 + 0.01 * np.linspace(-1, 1, len(finals)))  # seeds side by side
         ax.scatter(jitter, finals, s=12, color=color, alpha=0.5, marker=marker, linewidths=0)
-        stats = summarize(finals)
-        ci = stats["ci95"] or [stats["mean"]] * 2
         gone = f", {dead} collapsed" if dead else ""
+        gone += f", {BOUNDED} CI" if stats.get("ci95_bounded") else ""  # t leaves [0, 100]
         ax.errorbar(params, stats["mean"], yerr=[[stats["mean"] - ci[0]], [ci[1] - stats["mean"]]],
                     fmt=marker, capsize=4, color=color, markersize=7,
                     label=f"{g.label} (n={len(g.runs)}{gone})")  # fmt: skip
-        if len(groups) <= 5:  # more would pile up: the legend names them
+        if sum(keep) <= 5:  # more would pile up: the legend names them
             ax.annotate(
                 g.label,
                 (params, stats["mean"]),
                 textcoords="offset points",
-                xytext=(8, 10 if i % 2 else -14),
-            )  # alternate: neighbours don't overlap
+                xytext=(8, 10 if len(xs) % 2 else -14),
+            )  # fmt: skip  (alternate: no overlap)
     if shown:  # the seeds that trained set the axis, with the target when it is near
         low, high = min(shown), max(shown)
         if is_accuracy(metric) and TARGET_ACC - 1 < high:
@@ -221,22 +295,17 @@ def plot_params(groups: list[Group], path: Path, metric: str = DEFAULT_METRIC) -
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ticks: list[int] = []
-    span = max(xs) / min(xs) if xs else 1.0  # labels closer than ~1/12 of the axis collide
+    span = max(max(xs) / min(xs), 1.5) if xs else 1.5  # labels closer than ~1/12 collide
     for x in sorted({int(x) for x in xs}):  # one label per cluster: 6,270 and 7,074 overlap
         if not ticks or x > ticks[-1] * span ** (1 / 12):
             ticks.append(x)
     ax.set_xticks(ticks)
+    if xs and max(xs) / min(xs) < 1.5:  # a narrow range: room for the labels and the jitter
+        ax.set_xlim(min(xs) / 1.15, max(xs) * 1.15)
     ax.set_xlabel("parameters (log scale)")
     ax.set_ylabel(metric_label(metric))
-    what = "Final test accuracy" if metric == DEFAULT_METRIC else metric
-    ax.set_title(f"{what} vs parameters: each seed, mean and 95% CI of the seeds that trained\n"
-                 f"(collapsed: below {COLLAPSED_BELOW:g}%, counted at the bottom edge)",
-                 fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     _legend(ax, loc="best")
-    _save(fig, path)
-    plt.close(fig)
-    return path
 
 
 def write_plots(groups: list[Group], folder: Path, metric: str = DEFAULT_METRIC) -> list[Path]:

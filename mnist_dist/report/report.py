@@ -38,6 +38,7 @@ from . import compare, reference
 from .stats import (
     BEST_LABEL,
     DEFAULT_METRIC,
+    bounded_lines,
     config_groups,
     fmt_ci,
     fmt_mean_std,
@@ -131,6 +132,7 @@ def render_table(
     if any(g["ci95"] is None for g in groups):
         out.append("n/a: a group with one seed has no variance, std, sem or CI")
     out += collapsed_lines(groups)
+    out += bounded_lines(groups)
     if ref:
         out.append(f"{ref['label']}: {ref['description'] or ref['name']} ({ref['file']})")
     if comparisons is not None:
@@ -225,6 +227,8 @@ def render_markdown(
         out += ["", f"Best-epoch test accuracy ({BEST_LABEL}):", ""]
         out += [f"- {g['label']}: {fmt_mean_std(g['best_epoch_test_acc'])}" for g in groups]
     out += [""] + [f"- {line}" for line in weights_lines(groups)] if weights_lines(groups) else []
+    bounded = bounded_lines(groups)
+    out += ["", bounded[0], ""] + [f"- {ln.strip()}" for ln in bounded[1:]] if bounded else []
     if comparisons is not None:
         out += [""] + compare.render_markdown(comparisons, metric_label(metric))
     out += [""] + [ln.replace("  ", "- ", 1) for ln in missing_lines(missing)]

@@ -34,13 +34,23 @@ METRIC_LABELS = {  # what a --metric is, in the report's titles and headers
     "train_seconds": "training time (s)",
 }
 METRIC_HINTS = {"final_val_acc": "trained without --val-split?"}
+ACC_BOUNDS = (0.0, 100.0)  # a percent accuracy's range: a CI of its mean stays inside it
+BOOT_RESAMPLES, BOOT_SEED = 9999, 0  # the bounded interval's bootstrap: fixed, reproducible
+BOUNDED = "bootstrap"  # its label in the tables
+BOUNDED_NOTE = (
+    f"{BOUNDED}: the Student-t interval leaves [0, 100] (a collapsed seed, or two seeds far "
+    f"apart); the CI shown is the bootstrap percentile interval of the mean ({BOOT_RESAMPLES:,} "
+    f"resamples, seed {BOOT_SEED}), which stays within the seeds' range"
+)
 
 
-def summarize(values: Sequence[float]) -> dict[str, Any]:
+def summarize(values: Sequence[float], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
     """n, mean, sample variance (ddof=1), std, sem, 95% Student-t CI, min and max.
 
     With one value the spread is undefined: those fields are ``None`` and ``ci95_note``
-    says why. With equal values the spread is 0 and the CI collapses to the mean.
+    says why. With equal values the spread is 0 and the CI collapses to the mean. Where
+    the t-interval leaves ``bounds`` (an accuracy's [0, 100]), ``ci95_bounded`` adds the
+    bootstrap percentile interval (``BOUNDED_NOTE``); ``ci95`` stays the t-interval.
     """
     x = np.asarray(values, dtype=float)
     n = len(x)
@@ -61,7 +71,18 @@ def summarize(values: Sequence[float]) -> dict[str, Any]:
         sem=sem,
         ci95=[float(lo), float(hi)],
     )
+    if bounds and (lo < bounds[0] or hi > bounds[1]):
+        rng = np.random.default_rng(BOOT_SEED)
+        boot = stats.bootstrap((x,), np.mean, confidence_level=CI_LEVEL, method="percentile",
+                               n_resamples=BOOT_RESAMPLES, rng=rng)  # fmt: skip
+        ci = boot.confidence_interval
+        out["ci95_bounded"] = [float(ci.low), float(ci.high)]
     return out
+
+
+def shown_ci(s: dict[str, Any]) -> list[float] | None:
+    """The CI a table or plot shows: the bounded one where the t-interval leaves [0, 100]."""
+    return s.get("ci95_bounded") or s.get("ci95")
 
 
 def metric_label(metric: str) -> str:
@@ -248,7 +269,7 @@ def one_group(by: str, group: Group, metric: str = DEFAULT_METRIC) -> dict[str, 
     row.update(
         step=one_or_list(r["step"] for r in runs), params=one_or_list(r["params"] for r in runs)
     )
-    row.update(metric=metric, **summarize(values))
+    row.update(metric=metric, **summarize(values, ACC_BOUNDS if is_accuracy(metric) else None))
     row.update(
         # seeds whose metric (by default the FINAL test acc) is >= 99.4; None for non-accuracies
         n_at_target=sum(a >= TARGET_ACC for a in values) if is_accuracy(metric) else None,
@@ -286,8 +307,19 @@ def fmt_ci(group: dict[str, Any], digits: int = 3) -> str:
     """``[lo, hi]``, or the reason there is none."""
     if group.get("ci95") is None:
         return "n/a (n=1)"
-    lo, hi = group["ci95"]
-    return f"[{lo:.{digits}f}, {hi:.{digits}f}]"
+    lo, hi = shown_ci(group)
+    label = f" {BOUNDED}" if group.get("ci95_bounded") else ""
+    return f"[{lo:.{digits}f}, {hi:.{digits}f}]{label}"
+
+
+def bounded_lines(groups: list[dict[str, Any]]) -> list[str]:
+    """The note under a table where a group's CI is the bounded one, with its t-interval."""
+    hit = [g for g in groups if g.get("ci95_bounded")]
+    if not hit:
+        return []
+    return [BOUNDED_NOTE + ":"] + [
+        f"  {g['label']}: t-interval [{g['ci95'][0]:.3f}, {g['ci95'][1]:.3f}]" for g in hit
+    ]
 
 
 def fmt_mean_std(s: dict[str, Any] | None, digits: int = 2) -> str:

@@ -153,6 +153,8 @@ def log_report(project_path, group, groups, rows, markdown, plots, found, args) 
                 key = g["label"]
                 for stat in ("n", "mean", "std", "sem", "ci95", "n_at_target"):
                     run.summary[f"{key}/{stat}"] = g[stat]
+                if g.get("ci95_bounded"):  # the t-interval leaves [0, 100]: see stats
+                    run.summary[f"{key}/ci95_bounded"] = g["ci95_bounded"]
             run.finish()
         except Exception as e:
             msg = " ".join(str(e).split())
