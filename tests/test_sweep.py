@@ -121,6 +121,7 @@ def test_dry_run_shows_what_each_job_is_submitted_with(tmp_path, capsys):
         (lambda o: o.write_text(""), (), "is a file, not a sweep folder"),
         (lambda o: None, ("--poll", "-1"), "--poll must be at least 0.1 seconds"),
         (lambda o: None, ("--poll", "0"), "--poll must be at least 0.1 seconds"),
+        (lambda o: None, ("--cluster", "slurm", "--report"), "--report reads the finished trials"),
         (lambda o: (o.mkdir(), (o / "sweep.json").write_text('{"trials": []}')), (),
          "not a readable sweep record (ValueError: no sweep name)"),
         (lambda o: (o.mkdir(), (o / "sweep.json").write_text(
@@ -228,6 +229,7 @@ def test_slurm_unreachable_submits_nothing(tmp_path):
         ("smoke", 4),
         ("goal_search", 45),
         ("pack_check", 10),
+        ("quickstart", 6),
     ],  # fmt: skip
 )
 def test_shipped_sweep_files_dry_run(tmp_path, name, n):
@@ -404,6 +406,25 @@ def test_pack_seeds_trains_each_configs_seeds_in_packs(tmp_path, tiny_mnist):
     assert "submitted" not in proc.stdout or "1 trials in 1 jobs" in proc.stdout
     assert proc.stdout.count("skip (done)") == 2 and status(out)["counts"]["done"] == 3
     assert json.loads((out / "sweep.json").read_text())["packs"] == record["packs"]
+
+
+def test_the_quickstart_ends_with_its_report_pair_and_pictures(tmp_path, tiny_mnist):
+    """README command 1 (jobs/quickstart.toml --cluster local --report), shrunk to one
+    epoch on the tiny data: two packs of 3 seeds, then the report in the same command."""
+    out = tmp_path / "q"
+    proc = run_cli("sweep", str(REPO / "jobs" / "quickstart.toml"), "--cluster", "local",
+                   "--report", "--out", str(out), "--data-dir", str(tiny_mnist), "--poll", "0.5",
+                   "--set", "epochs=1", "--set", "train_limit=192")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "sweep.json").read_text())
+    assert len(record["trials"]) == 6 and sorted(map(len, record["packs"])) == [3, 3]
+    table = proc.stdout[proc.stdout.index("quickstart: final-epoch test accuracy") :]
+    rows = [ln.split()[0] for ln in table.splitlines()[2:4]]
+    assert rows == ["step6", "step7"] and "Welch's t-test" in table
+    assert re.search(r"^\s*step6\s+step7\s+3\s+3\s", table, re.M)  # the pair, 3 seeds each
+    assert "| step6 |" in (out / "report.md").read_text()
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "final_acc_vs_params.png", "performance.png", "test_acc_per_epoch.png"}  # fmt: skip
 
 
 def test_pack_seeds_refuses_several_processes_per_trial(tmp_path):

@@ -100,6 +100,12 @@ def build_sweep_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding MNIST/raw (default: $MNIST_DATA_DIR)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, submit nothing")
     p.add_argument("--wait", action="store_true", help="block until every trial ends")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="when the trials end: the report with Welch comparisons, and its report.md and "
+        "plots/ in the sweep folder (needs --wait on SLURM)",
+    )
     p.add_argument("--yes", action="store_true", help=f"allow more than {MAX_TRIALS:,} trials")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks (--wait)")
     p.add_argument(
@@ -120,6 +126,8 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
     args = build_sweep_parser(prog).parse_args(argv)
     if not 0.1 <= args.poll < math.inf:  # 0 would busy-loop on squeue
         raise UserError(f"--poll must be at least 0.1 seconds, got {args.poll}")
+    if args.report and args.cluster == "slurm" and not args.wait:
+        raise UserError("--report reads the finished trials: add --wait on SLURM")
     spec = load_sweep(args.file, args.overrides)
     if spec.size() > MAX_TRIALS and not args.yes:
         raise UserError(
@@ -179,6 +187,13 @@ def sweep_main(argv: list[str] | None = None, prog: str = "mnist-dist sweep") ->
         failed = [r for r in rows_end if r["state"] != "done"]
         for r in failed:
             print(f"  {r['trial_id']}: {r['state']}: {r['error'] or ''}".rstrip(": "))
+        if args.report and len(failed) < len(rows_end):
+            from ..report.report import report_main
+
+            print()
+            report_main([str(out), "--compare", "--markdown", str(out / "report.md"),
+                         "--plots", str(out / "plots")])  # fmt: skip
+            print(f"\nreport: {out / 'report.md'}, plots: {out / 'plots'}/")
         if failed:
             sys.exit(1)
 
