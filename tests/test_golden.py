@@ -36,6 +36,11 @@ def test_report_json_on_committed_evidence_matches_its_golden_file(folder, capsy
         assert group.pop("collapsed_below") == 20.0
         values = group["values"]
         assert group.pop("n_collapsed") == sum(v < 20.0 for v in values), group["label"]
+        # added since (issue #25): a bounded CI, only where the t-interval leaves [0, 100]
+        lo, hi = group["ci95"] or (0.0, 100.0)
+        bounded = group.pop("ci95_bounded", None)
+        assert (bounded is not None) == (lo < 0 or hi > 100), group["label"]
+        assert bounded is None or min(values) <= bounded[0] <= bounded[1] <= max(values)
     assert now == golden
 
 
