@@ -307,15 +307,27 @@ def test_over_budget_and_refused_trials_never_train_and_the_worker_goes_on(tmp_p
     assert_one_line_error(report, "no complete trial")
 
 
-def test_a_trial_projected_over_max_seconds_is_pruned_at_epoch_2(tmp_path, data_dir):
+@pytest.mark.parametrize("limit", ["0.001", '{ times = 1e-6, step = "step7" }'])
+def test_a_trial_projected_over_max_seconds_is_pruned_at_epoch_2(tmp_path, data_dir, limit):
+    """A limit in seconds, or a fraction of step7's time that the worker measures on its
+    own CPU before its first trial (the trainer on the reference recipe, a few seconds)."""
     spec = tmp_path / "t_tune.toml"
     text = TUNE.format(max_params=BUDGET).replace("trials = 6", "trials = 1")
-    spec.write_text(text.replace("max_params", "max_seconds = 0.001\nmax_params"))
+    spec.write_text(text.replace("max_params", f"max_seconds = {limit}\nmax_params"))
     out = tmp_path / "out"
     one_worker(spec, data_dir, "--out", str(out))
     (trial,) = load(out)
-    assert trial.state.name == "PRUNED" and trial.user_attrs["too_slow"] > 0.001
+    seconds = trial.user_attrs["max_seconds"]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["too_slow"] > seconds
     assert trial.user_attrs["trained_steps"] == [1, 2]
+    if limit == "0.001":
+        assert seconds == 0.001 and not (out / "calibration").exists()
+    else:  # 1e-6 x step7's seconds for the trial's work (2 seeds, 3 epochs, 1,792 images)
+        (cal,) = (out / "calibration").glob("worker-0-*/calibration.txt")
+        step7 = float(cal.read_text().split()[1])
+        assert seconds == pytest.approx(1e-6 * step7, rel=1e-3) and 0.1 < step7 < 120
+        (log,) = (out / "logs").glob("worker-*.log")
+        assert f"max_seconds {seconds:.0f} = 1e-06 x step7's {step7:.0f} s" in log.read_text()
     for tid in trial.user_attrs["trial_ids"]:
         assert json.loads((out / "runs" / tid / "result.json").read_text())["state"] == "pruned"
 

@@ -10,6 +10,8 @@ import pytest
 from mnist_dist.errors import UserError
 from mnist_dist.tune.spec import load_tune
 
+from .conftest import REPO
+
 GOOD = """
 name = "t"
 seeds = [0, 1, 2]
@@ -34,6 +36,23 @@ def write(tmp_path, text: str):
     path = tmp_path / "t.toml"
     path.write_text(text)
     return path
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*_tune*.toml")), ids=lambda p: p.name)
+def test_the_shipped_tune_files_load_with_the_test_set_locked(path):
+    spec = load_tune(path)
+    assert spec.fixed["test_eval"] == "never" and spec.fixed["val_split"] > 0
+
+
+def test_max_seconds_is_seconds_or_a_fraction_of_a_steps_time(tmp_path):
+    assert load_tune(write(tmp_path, GOOD)).max_seconds is None
+    text = GOOD.replace("max_params = 8000", "max_params = 8000\nmax_seconds = 675")
+    assert load_tune(write(tmp_path, text)).max_seconds == 675
+    text = GOOD.replace(
+        "max_params = 8000", 'max_params = 8000\nmax_seconds = { times = 0.45, step = "step7" }'
+    )
+    spec = load_tune(write(tmp_path, text))
+    assert spec.max_seconds is None and spec.time_reference == (0.45, "step7")  # set by workers
 
 
 def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
@@ -99,6 +118,13 @@ def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
         (("[pruner]", "[sampler]\nstartup_trials = 1.5\n[pruner]"), "startup_trials"),
         (("[space]", "[space]\nwidth1 = { low = 4, high = 8 }"), "--step family"),
         (("[fixed]", "[fixed]\nseed = 3"), "[fixed].seed: a trial's seeds are"),
+        (("max_params = 8000", "max_params = 8000\nmax_seconds = -1"), "max_seconds must be"),
+        (("max_params = 8000", 'max_params = 8000\nmax_seconds = { times = 0.45 }'),
+         'max_seconds as a table is { times = 0.45, step = "step7" }; got keys times'),
+        (("max_params = 8000", 'max_params = 8000\nmax_seconds = { times = 0, step = "step7" }'),
+         "max_seconds.times must be a number above 0"),
+        (("max_params = 8000", 'max_params = 8000\nmax_seconds = { times = 0.5, step = "s9" }'),
+         "max_seconds.step 's9' is no registered step"),
     ],
 )  # fmt: skip
 def test_bad_tune_files_are_one_line_errors(tmp_path, edit, fragment):

@@ -6,7 +6,10 @@ A tune file (``jobs/*_tune.toml``; issue #23)::
     seeds = [0, 1, 2]              # validation seeds per trial: the objective is their mean
     max_params = 8000              # a sampled model above this never trains
     max_epochs = 15                # optional: `epochs` may not exceed it
-    max_seconds = 300              # optional: a trial that trained longer is infeasible
+    max_seconds = 300              # optional: a trial that trained longer is infeasible;
+                                   # or { times = 0.45, step = "step7" }: that fraction of
+                                   # the step's time for a trial's work, timed by each
+                                   # worker on its own CPU when it starts (worker.calibrate)
     [fixed]                        # TrainConfig fields every trial shares
     step = "step7"
     epochs = 15
@@ -104,9 +107,10 @@ class TuneSpec:
     resources: Resources
     max_epochs: int | None = None
     # Training seconds (the epochs' `seconds`, a pack's whole) above which a trial is
-    # infeasible, as over max_params: TPE's second constraint. Machine-bound: calibrate it
-    # on the CPU the workers run on.
+    # infeasible, as over max_params: TPE's second constraint. Machine-bound: a number holds
+    # on the CPU it was measured on; (times, step) is set by each worker on its own CPU.
     max_seconds: float | None = None
+    time_reference: tuple[float, str] | None = None
     trials: int = 20  # `tune --trials` default: a total over every call
     description: str = ""
 
@@ -204,11 +208,12 @@ def load_tune(path: str | Path) -> TuneSpec:
                                   or value < 1):  # fmt: skip
             raise UserError(f"{path}: {key} must be a whole number of at least 1, got {value!r}")
         numbers[key] = value
-    max_seconds = data.get("max_seconds")
-    if max_seconds is not None and (isinstance(max_seconds, bool)
-                                    or not isinstance(max_seconds, (int, float))
-                                    or not 0 < max_seconds < math.inf):  # fmt: skip
-        raise UserError(f"{path}: max_seconds must be a number of seconds above 0")
+    max_seconds, reference = data.get("max_seconds"), None
+    if isinstance(max_seconds, dict):
+        reference, max_seconds = _time_reference(max_seconds, path), None
+    elif max_seconds is not None and not _positive(max_seconds):
+        raise UserError(f"{path}: max_seconds must be a number of seconds above 0, or "
+                        '{ times = 0.45, step = "step7" }')  # fmt: skip
     if numbers["max_params"] is None:
         raise UserError(f"{path}: max_params is required (the parameter budget, e.g. 8000)")
     fixed = _train_fields(data.get("fixed", {}), f"{path} [fixed]")
@@ -259,11 +264,30 @@ def load_tune(path: str | Path) -> TuneSpec:
         name=name, file=str(path), seeds=seeds, max_params=numbers["max_params"], fixed=fixed,
         space=space, sampler=sampler, pruner=pruner, resources=resources,
         max_epochs=numbers["max_epochs"], trials=numbers["trials"] or 20,
-        max_seconds=max_seconds,
+        max_seconds=max_seconds, time_reference=reference,
         description=str(data.get("description", "")),
     )  # fmt: skip
     _check_fixed(spec, path)
     return spec
+
+
+def _positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < math.inf
+
+
+def _time_reference(table: dict[str, Any], path: Path) -> tuple[float, str]:
+    """``max_seconds = { times = 0.45, step = "step7" }``: (times, step), checked."""
+    from ..models import MODELS
+
+    if set(table) != {"times", "step"}:
+        raise UserError(f'{path}: max_seconds as a table is {{ times = 0.45, step = "step7" }}'
+                        f"; got keys {', '.join(sorted(table)) or 'none'}")  # fmt: skip
+    if not _positive(table["times"]):
+        raise UserError(f"{path}: max_seconds.times must be a number above 0, e.g. 0.45")
+    if table["step"] not in RECIPES or table["step"] not in MODELS:
+        raise UserError(f"{path}: max_seconds.step {table['step']!r} is no registered step "
+                        "with a recipe (mnist-dist models lists them)")  # fmt: skip
+    return float(table["times"]), table["step"]
 
 
 def _check_fixed(spec: TuneSpec, path: Path) -> None:

@@ -57,6 +57,9 @@ def work(tune_dir: Path, index: int, total: int, threads: int, data_dir: str | N
     """Ask, train, tell until ``total`` trials are used; the number this worker ran."""
     record = st.read_record(tune_dir)
     spec = load_tune(tune_dir / st.SPEC)
+    if spec.time_reference:  # this CPU's own limit, before any trial
+        spec = dataclasses.replace(spec, max_seconds=calibrate(spec, tune_dir, index, threads,
+                                                               data_dir))  # fmt: skip
     study, storage = st.load_study(tune_dir, spec, record, worker=index)
     job = st.job_name()
     done = 0
@@ -112,6 +115,8 @@ def attempt(spec: TuneSpec, study, trial, tune_dir: Path, threads: int, data_dir
     ids = [c.trial_id() for c in cfgs]
     params = count_params(build_model(cfgs[0].step, **cfgs[0].shape()))
     trial.set_user_attr("params", params)
+    if spec.max_seconds is not None:  # this worker's: calibrated on its CPU, or the file's
+        trial.set_user_attr("max_seconds", spec.max_seconds)
     over = float(params - spec.max_params)  # the constraint: feasible at 0 or below
     if hasattr(trial, "set_constraint"):  # Optuna 5; Optuna 4's TPE reads "over"
         trial.set_constraint("params", over)
@@ -217,6 +222,46 @@ class Pruning:
         if epoch in self.spec.pruner.at_epochs and self.trial.should_prune():
             return [PRUNED] * len(rows)
         return [GO_ON] * len(rows)
+
+
+CALIBRATION_IMAGES = 2000  # per seed and epoch: step7's pack of 3 takes ~2 s an epoch
+
+
+def calibrate(spec: TuneSpec, tune_dir: Path, index: int, threads: int, data_dir) -> float:
+    """max_seconds on this worker's CPU, as loaded now: ``times`` x the reference step's
+    training seconds for a trial's work (its recipe under the tune's fixed epochs, val_split,
+    train_limit and precision; the trial's seeds, packed as the trial's are). Timed by the
+    trainer itself over 3 epochs of CALIBRATION_IMAGES images a seed (the first warms up,
+    the faster of the other two counts), scaled to the trial's images and epochs. Workers
+    started together calibrate side by side, as their trials then run."""
+    from ..data import load_mnist
+    from ..training.loop import train
+    from ..training.packed import train_seeds
+
+    times, step = spec.time_reference
+    keep = ("epochs", "val_split", "train_limit", "mixed_precision", "channels_last", "compile")
+    full = TrainConfig(step=step, test_eval="never",
+                       **{k: spec.fixed[k] for k in keep if k in spec.fixed}).resolve()  # fmt: skip
+    cal = dataclasses.replace(full, epochs=3, train_limit=CALIBRATION_IMAGES)
+    out = tune_dir / "calibration" / f"worker-{index}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rt = Runtime(data_dir=data_dir, cpu=True, threads=threads, progress=False, out=str(out))
+    if spec.packed:
+        result = next(iter(train_seeds(cal, dataclasses.replace(rt, seeds=spec.seeds)).values()))
+        per_trial = 1  # a pack's epoch seconds are the whole pack's
+    else:  # one seed timed; the trial trains its seeds one after another
+        result, per_trial = train(dataclasses.replace(cal, seed=spec.seeds[0]), rt), len(spec.seeds)
+    n_fit = len(load_mnist(data_dir).train_x) - full.val_split
+    images = n_fit if full.train_limit is None else min(n_fit, full.train_limit)
+    epoch = min(row["seconds"] for row in result["history"][1:])
+    reference = epoch * images / result["train_images"] * full.epochs * per_trial
+    write_text(out / "calibration.txt", f"{step} {reference:.3f} s for a trial's work; "
+               f"max_seconds {times} x that = {times * reference:.3f} s\n")  # fmt: skip
+    print(
+        f"worker {index}: max_seconds {times * reference:.0f} = {times} x {step}'s "
+        f"{reference:.0f} s for a trial's work on this CPU ({out})",
+        flush=True,
+    )
+    return times * reference
 
 
 # A trial projected to train this many times max_seconds is pruned early; nearer the
