@@ -25,7 +25,7 @@ COMMANDS = {
     "train": ("train", "train one step model (Accelerate; CPU, GPUs, mixed precision)"),
     "models": ("cli", "list the registered step models and their parameter counts"),
     "sweep": ("sweeps.submit", "submit a sweep file's grid as job arrays (SLURM or local)"),
-    "status": ("sweeps.submit", "show the state of each trial in a sweep folder"),
+    "status": ("sweeps.status", "show the state of each trial in a sweep folder"),
     "tune": ("tune.command", "search hyperparameters and shapes (Optuna) on validation only"),
     "report": ("report.report", "mean, variance, std and 95% CI of test accuracy per group"),
     "bench": ("bench.bench", "time origin pipeline vs ours vs pure compute"),

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,3 +269,9 @@ def dir_record(root: Path) -> dict[str, Any]:
     if not record["trials"]:
         raise UserError(f"{root} holds no runs: no sweep.json and no <trial>/result.json")
     return record
+
+
+def counts_line(rows: list[dict[str, Any]]) -> str:
+    c = Counter(r["state"] for r in rows)
+    parts = [f"{c[s]} {s}" for s in STATES if c[s] or s in ("done", "failed")]
+    return f"{len(rows)} trials: " + ", ".join(parts)

@@ -24,19 +24,18 @@ import math
 import secrets
 import sys
 import time
-from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig
 from ..errors import ArgumentParser, UserError, cli_errors
-from ..rundir import COLLAPSED_BELOW, STOPPED
+from ..rundir import STOPPED
 from .slurm import CLUSTERS, Trial, check_cluster, executor_params, make_executor, submit_array
 from .spec import MAX_TRIALS, SweepSpec, load_sweep
 from .state import (
     RECORD,
-    STATES,
+    counts_line,
     load_record,
     record_lock,
     token_jobs,
@@ -50,12 +49,6 @@ UNANSWERED_S = 300  # --wait gives up after squeue has not answered for this lon
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def counts_line(rows: list[dict[str, Any]]) -> str:
-    c = Counter(r["state"] for r in rows)
-    parts = [f"{c[s]} {s}" for s in STATES if c[s] or s in ("done", "failed")]
-    return f"{len(rows)} trials: " + ", ".join(parts)
 
 
 def print_plan(spec: SweepSpec, trials: list[dict[str, Any]], actions: dict[str, str]) -> None:
@@ -387,48 +380,6 @@ def wait(out: Path, record: dict[str, Any], poll: float, patience_s: float = UNA
             if not any(r["state"] in ("pending", "running") for r in rows):
                 return
         time.sleep(poll)
-
-
-@cli_errors
-def status_main(argv: list[str] | None = None, prog: str = "mnist-dist status") -> None:
-    """mnist-dist status /tmp/s --json"""
-    p = ArgumentParser(prog=prog, description="State of each trial in a sweep folder, and counts.")
-    p.add_argument("dir", help="sweep folder (holds sweep.json)")
-    p.add_argument("--json", action="store_true", help="print JSON: counts and trials")
-    p.add_argument(
-        "--check", action="store_true", help="exit 0 only when every trial is done, else 1"
-    )
-    args = p.parse_args(argv)
-    out = Path(args.dir)
-    if (out / "tune.json").is_file():  # a search's folder: `tune DIR --status`
-        from ..tune.command import print_status
-
-        if not print_status(out, args.json) and args.check:
-            sys.exit(1)
-        return
-    record = load_record(out)
-    if record is None:
-        raise UserError(f"{out} is not a sweep folder (no {RECORD}); run `mnist-dist sweep` first")
-    rows = trial_states(out, record)
-    counts = Counter(r["state"] for r in rows)
-    if args.json:
-        summary = dict(name=record["name"], dir=str(out), total=len(rows))
-        print(
-            json.dumps(dict(summary, counts={s: counts[s] for s in STATES}, trials=rows), indent=2)
-        )
-    else:
-        print(f"sweep {record['name']} in {out}")
-        for r in rows:
-            acc = f"{r['final_test_acc']:.2f}%" if r["final_test_acc"] is not None else ""
-            acc += f" (collapsed: below {COLLAPSED_BELOW:g}%)" if r.get("collapsed") else ""
-            detail = acc or r["error"] or ""
-            print(
-                f"  {r['trial_id']:<28} {r['state']:<8} {r['job_id'] or '-':<12} {detail}".rstrip()
-            )
-        print(counts_line(rows))
-    if args.check and counts["done"] != len(rows):
-        print(f"mnist-dist: check failed: {counts_line(rows)}", file=sys.stderr)
-        sys.exit(1)
 
 
 main = sweep_main
