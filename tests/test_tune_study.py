@@ -48,6 +48,29 @@ def test_a_trial_lost_before_its_config_was_whole_is_not_handed_on(tune):
     assert st.RESUMES not in study.ask().user_attrs  # the next ask samples afresh
 
 
+@pytest.mark.parametrize("name", ["median", "percentile"])
+def test_the_pruner_waits_for_trials_that_trained_not_over_budget_ones(tmp_path, name):
+    """Over-budget trials are told COMPLETE without training: they never open pruning."""
+    text = GOOD.replace('name = "median"', f'name = "{name}"\npercentile = 25.0', 1)
+    spec = load_tune(write(tmp_path, text))
+    study, _ = st.load_study(tmp_path, spec, {})
+    for _ in range(spec.pruner.startup_trials + 3):  # over budget: no epoch reported
+        t = study.ask()
+        t.set_user_attr(st.OVER_BUDGET, True)
+        study.tell(t, 0.0)
+    first = study.ask()  # one trial that trained, far better at epoch 3
+    first.report(97.0, 3)
+    study.tell(first, 99.0)
+    bad = study.ask()
+    bad.report(10.0, 3)
+    assert not bad.should_prune()  # one trained trial of the startup_trials asked for
+    for acc in range(spec.pruner.startup_trials - 1):  # the rest of them
+        t = study.ask()
+        t.report(97.0 + acc * 0.1, 3)
+        study.tell(t, 99.0)
+    assert bad.should_prune()
+
+
 def test_counts_toward_trials_exclude_the_lost_and_include_the_infeasible(tune):
     folder, spec, study, storage = tune
     for value in (90.0, 95.0):

@@ -24,7 +24,7 @@ A tune file (``jobs/*_tune.toml``; issue #23)::
     [pruner]                       # median, successive_halving or none, at these epochs
     name = "median"
     at_epochs = [3, 6, 9]
-    startup_trials = 5             # trials that finish before the median pruner prunes
+    startup_trials = 5             # trials that trained to the end before it prunes
     [resources]                    # as in sweep files (one process per worker)
     pack_seeds = 3                 # = len(seeds): a trial's seeds train as one packed net
 

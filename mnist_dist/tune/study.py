@@ -85,18 +85,35 @@ def sampler(spec: TuneSpec, worker: int):
     )
 
 
+class AfterTrained:
+    """An Optuna pruner that prunes only once ``startup`` complete trials have trained
+    (reported an epoch). Optuna's median and percentile pruners count every COMPLETE trial,
+    and an over-budget trial is told COMPLETE (value 0, its constraint infeasible) without
+    training: a search whose startup samples many of them (the goal study's 16 of its first
+    28) had its pruner judge every trial against the first one or two that trained."""
+
+    def __init__(self, inner, startup: int):
+        self.inner, self.startup = inner, startup
+
+    def prune(self, study, trial) -> bool:
+        from optuna.trial import TrialState
+
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if sum(bool(t.intermediate_values) for t in done) < self.startup:
+            return False
+        return self.inner.prune(study, trial)
+
+
 def pruner(spec: TuneSpec):
     """The spec's pruner. The trial reports every epoch; it asks only at ``at_epochs``."""
     import optuna
 
     if spec.pruner.name == "none" or not spec.pruner.at_epochs:
         return optuna.pruners.NopPruner()
-    if spec.pruner.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.pruner.startup_trials)
-    if spec.pruner.name == "percentile":
-        return optuna.pruners.PercentilePruner(
-            spec.pruner.percentile, n_startup_trials=spec.pruner.startup_trials
-        )
+    if spec.pruner.name in ("median", "percentile"):
+        percent = 50.0 if spec.pruner.name == "median" else spec.pruner.percentile
+        inner = optuna.pruners.PercentilePruner(percent, n_startup_trials=0)  # startup: below
+        return AfterTrained(inner, spec.pruner.startup_trials)
     first = min(spec.pruner.at_epochs)
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
 
