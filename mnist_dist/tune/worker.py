@@ -224,19 +224,14 @@ class Pruning:
         return [GO_ON] * len(rows)
 
 
-# Per seed and epoch (step7's pack of 3: ~11 s an epoch on a Zen 4 core). At 2,000, step7
-# projected 798-835 s where its full epochs gave ~930 s: small epochs ran ~12% faster.
-CALIBRATION_IMAGES = 10_000
-
-
 def calibrate(spec: TuneSpec, tune_dir: Path, index: int, threads: int, data_dir) -> float:
     """max_seconds on this worker's CPU, as loaded now: ``times`` x the reference step's
     training seconds for a trial's work (its recipe under the tune's fixed epochs, val_split,
-    train_limit and precision; the trial's seeds, packed as the trial's are). Timed by the
-    trainer itself over 3 epochs of CALIBRATION_IMAGES images a seed (the first warms up,
-    the faster of the other two counts), scaled to the trial's images and epochs. Workers
-    started together calibrate side by side, as their trials then run."""
-    from ..data import load_mnist
+    train_limit and precision; the trial's seeds, packed as the trial's are), timed by the
+    trainer itself over one epoch of the trial's size, times the trial's epochs. Short
+    epochs mislead: on a Zen 4, epochs of 2,000 and 10,000 images a seed projected step7 at
+    700-860 s where its full epochs take ~930 s. Workers started together calibrate side
+    by side, as their trials then run."""
     from ..training.loop import train
     from ..training.packed import train_seeds
 
@@ -244,7 +239,7 @@ def calibrate(spec: TuneSpec, tune_dir: Path, index: int, threads: int, data_dir
     keep = ("epochs", "val_split", "train_limit", "mixed_precision", "channels_last", "compile")
     full = TrainConfig(step=step, test_eval="never",
                        **{k: spec.fixed[k] for k in keep if k in spec.fixed}).resolve()  # fmt: skip
-    cal = dataclasses.replace(full, epochs=3, train_limit=CALIBRATION_IMAGES)
+    cal = dataclasses.replace(full, epochs=1)
     out = tune_dir / "calibration" / f"worker-{index}-{time.strftime('%Y%m%d-%H%M%S')}"
     rt = Runtime(data_dir=data_dir, cpu=True, threads=threads, progress=False, out=str(out))
     if spec.packed:
@@ -252,10 +247,7 @@ def calibrate(spec: TuneSpec, tune_dir: Path, index: int, threads: int, data_dir
         per_trial = 1  # a pack's epoch seconds are the whole pack's
     else:  # one seed timed; the trial trains its seeds one after another
         result, per_trial = train(dataclasses.replace(cal, seed=spec.seeds[0]), rt), len(spec.seeds)
-    n_fit = len(load_mnist(data_dir).train_x) - full.val_split
-    images = n_fit if full.train_limit is None else min(n_fit, full.train_limit)
-    epoch = min(row["seconds"] for row in result["history"][1:])
-    reference = epoch * images / result["train_images"] * full.epochs * per_trial
+    reference = result["history"][-1]["seconds"] * full.epochs * per_trial
     write_text(out / "calibration.txt", f"{step} {reference:.3f} s for a trial's work; "
                f"max_seconds {times} x that = {times * reference:.3f} s\n")  # fmt: skip
     print(
