@@ -183,7 +183,8 @@ def test_a_schedulers_own_knobs_are_sampled_only_under_it(tmp_path):
     text += '[sampler]\nname = "tpe"\nmultivariate = true\nstartup_trials = 2\n'
     spec = load_tune(write(tmp_path, text.replace('name = "median"', 'name = "percentile"')))
     study, _ = st.load_study(tmp_path, spec, {})
-    assert isinstance(study.pruner, optuna.pruners.PercentilePruner)
+    assert isinstance(study.pruner, st.AfterTrained)  # its startup counts trained trials
+    assert isinstance(study.pruner.inner, optuna.pruners.PercentilePruner)
     kinds = set()
     for _ in range(12):
         trial = study.ask()
