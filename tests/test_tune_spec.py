@@ -87,7 +87,17 @@ def test_a_space_is_sampled_within_its_bounds_and_reproducibly(tmp_path):
 @pytest.mark.parametrize(
     "edit, fragment",
     [
-        (("[space]", "[space]\nepochs = { low = 5, high = 15 }"), "epochs cannot be searched"),
+        (("epochs = 15\nval_split = 5000\n[space]",
+          "val_split = 5000\n[space]\nepochs = { low = 5, high = 20 }"),
+         "epochs (20) is over max_epochs (15)"),
+        (('name = "median"', 'name = "threshold"'), "lower (a validation accuracy in %"),
+        (('name = "median"', 'name = "median"\nlower = 95.0'), 'with name = "threshold"'),
+        (('name = "median"', 'name = "threshold"\nlower = 101'), "lower (a validation"),
+        (("[pruner]", "[[start]]\nmomentum = 0.9\n[pruner]"), "'momentum' is not searched"),
+        (("[pruner]", "[[start]]\nlr = 0.5\n[pruner]"), "lr = 0.5 is outside its [space] range"),
+        (("[pruner]", "[[start]]\nbatch_size = 32\n[pruner]"), "outside its [space] range"),
+        (("[pruner]", "[[start]]\ntrain_limit = 20000.5\n[pruner]"), "outside its [space]"),
+        (("max_epochs = 15", "max_epochs = 15\nstart = 3"), "write each starting trial as a"),
         (("[space]", "[space]\nlr_step = { low = 2, high = 8 }"), "lr_step never applies"),
         (("[space]", "[space]\nval_split = { choices = [0, 5000] }"), "val_split cannot be"),
         (("[space]", "[space]\ntest_eval = { choices = [\"never\"] }"), "test_eval cannot be"),

@@ -96,3 +96,34 @@ def test_the_front_keeps_trials_no_other_beats_on_both():
         dict(number=4, value=98.5, params=None),  # unknown cost: not on the front
     ]
     assert [r["number"] for r in front(rows, "params")] == [1, 0, 3]
+
+
+def test_start_trials_run_first_once_and_epochs_may_be_searched(tmp_path):
+    """[[start]] trials are enqueued on a new study only, in order; a field they leave out
+    is sampled; a searched epochs reaches the trial's config."""
+    text = GOOD.replace(
+        "epochs = 15\nval_split = 5000\n[space]",
+        "val_split = 5000\n[space]\nepochs = { low = 10, high = 15 }",
+    )
+    text = text.replace("[pruner]", "[[start]]\nlr = 0.05\nepochs = 12\n"
+                        "[[start]]\nbatch_size = 64\n[pruner]")  # fmt: skip
+    spec = load_tune(write(tmp_path, text))
+    study, _ = st.load_study(tmp_path, spec, {})
+    assert st.enqueue_start(study, spec) == 2
+    assert st.enqueue_start(study, spec) == 0  # the study has trials now: never twice
+    first, second = study.ask(), study.ask()
+    a, b = spec.config(first, 0), spec.config(second, 0)
+    assert (a.lr, a.epochs, b.batch_size) == (0.05, 12, 64)
+    assert 0.01 <= b.lr <= 0.2 and 10 <= b.epochs <= 15  # sampled
+    third = spec.config(study.ask(), 0)  # the queue is empty: sampled
+    assert 10 <= third.epochs <= 15
+
+
+def test_the_threshold_pruner_judges_a_trial_alone(tmp_path):
+    text = GOOD.replace('name = "median"', 'name = "threshold"\nlower = 95.0')
+    spec = load_tune(write(tmp_path, text))
+    study, _ = st.load_study(tmp_path, spec, {})
+    good, bad = study.ask(), study.ask()  # the first trials: no startup to wait for
+    good.report(96.0, 3)
+    bad.report(90.0, 3)
+    assert not good.should_prune() and bad.should_prune()

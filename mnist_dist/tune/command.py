@@ -124,6 +124,8 @@ def start(out: Path, spec: TuneSpec, args) -> None:
     with st.ask_lock(out):
         for number in st.recover(out, study, storage):
             print(f"trial {number}: its worker is gone; enqueued again, to resume")
+        if started := st.enqueue_start(study, spec):
+            print(f"{started} [[start]] trials enqueued: the first trials run them")
     c = st.counts(study)
     if c["used"] >= total and not c["waiting"]:
         print(f"{out}: {c['used']} of {total} trials used; nothing to start "
@@ -230,7 +232,7 @@ def status_line(out: Path) -> str:
     if c["over_time"]:
         line += f", {c['over_time']} over max_seconds"
     if c["waiting"] or c[st.LOST]:
-        line += f" ({c[st.LOST]} lost with their worker, {c['waiting']} waiting to resume)"
+        line += f" ({c[st.LOST]} lost with their worker, {c['waiting']} enqueued to run)"
     if c["stalled"]:
         line += (f"; {c['stalled']} running with no live worker: the next `mnist-dist tune` "
                  "call resumes them")  # fmt: skip

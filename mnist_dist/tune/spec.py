@@ -18,19 +18,24 @@ A tune file (``jobs/*_tune.toml``; issue #23)::
     lr = { low = 0.01, high = 0.2, log = true }
     batch_size = { choices = [64, 128] }
     pct_start = { low = 0.1, high = 0.4, step = 0.05 }
+    [[start]]                      # optional: trials enqueued when the study is new, in
+    lr = 0.05                      # order (Optuna's enqueue_trial): known recipes to start
+    batch_size = 128               # from; a field left out is sampled
     [sampler]                      # tpe (default) or random; seeded
     seed = 0
     startup_trials = 10            # tpe: random trials before it models the space
-    [pruner]                       # median, successive_halving or none, at these epochs
-    name = "median"
+    [pruner]                       # median, percentile, threshold, successive_halving or
+    name = "median"                # none, asked at these epochs
     at_epochs = [3, 6, 9]
     startup_trials = 5             # trials that trained to the end before it prunes
+    # name = "threshold", lower = 95.0: prune a trial under 95% validation accuracy
     [resources]                    # as in sweep files (one process per worker)
     pack_seeds = 3                 # = len(seeds): a trial's seeds train as one packed net
 
-The objective is the mean final-epoch validation accuracy over ``seeds``. ``epochs``,
-``val_split`` and ``test_eval`` can be fixed, never searched; ``test_eval`` is always
-"never" and ``val_split`` above 0, so no trial of a tune ever scores the test set.
+The objective is the mean final-epoch validation accuracy over ``seeds``. ``epochs`` may be
+searched (up to ``max_epochs``); ``val_split`` and ``test_eval`` can be fixed, never
+searched; ``test_eval`` is always "never" and ``val_split`` above 0, so no trial of a tune
+ever scores the test set.
 Every table is strict: an unknown key or field is a one-line error naming the valid ones.
 """
 
@@ -48,11 +53,10 @@ from ..errors import UserError
 from ..sweeps.spec import Resources, _strict, _train_fields, check_resources, read_job_file
 
 TOP_KEYS = ("name", "description", "seeds", "max_params", "max_epochs", "max_seconds", "trials",
-            "fixed",
-            "space", "sampler", "pruner", "resources")  # fmt: skip
-NEVER_SEARCHED = ("epochs", "val_split", "test_eval", "seed", "world_size")
+            "fixed", "space", "start", "sampler", "pruner", "resources")  # fmt: skip
+NEVER_SEARCHED = ("val_split", "test_eval", "seed", "world_size")
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("median", "percentile", "successive_halving", "none")
+PRUNERS = ("median", "percentile", "threshold", "successive_halving", "none")
 FIRST = ("step", "scheduler")  # sampled first: whether another field applies depends on them
 
 
@@ -92,6 +96,9 @@ class Pruner:
     at_epochs: list[int] = field(default_factory=list)  # empty: never prunes
     startup_trials: int = 5  # median: trials that must finish before it prunes (Optuna's 5)
     percentile: float = 25.0  # percentile: prune below this percentile of the others (0-100)
+    # threshold: prune a trial whose validation accuracy (%) is below this at an at_epoch.
+    # Unlike a percentile, it judges a trial alone: fair when trials differ in epochs.
+    lower: float | None = None
 
 
 @dataclass
@@ -113,6 +120,7 @@ class TuneSpec:
     time_reference: tuple[float, str] | None = None
     trials: int = 20  # `tune --trials` default: a total over every call
     description: str = ""
+    start: list[dict[str, Any]] = field(default_factory=list)  # enqueued on a new study
 
     def config(self, trial, seed: int) -> TrainConfig:
         """The resolved config of an Optuna trial's sample, for one of ``seeds``."""
@@ -253,6 +261,10 @@ def load_tune(path: str | Path) -> TuneSpec:
         raise UserError(f"{path} [pruner].startup_trials must be a whole number, at least 0")
     if not isinstance(pruner.percentile, (int, float)) or not 0 < pruner.percentile < 100:
         raise UserError(f"{path} [pruner].percentile must be between 0 and 100, e.g. 25")
+    if (pruner.name == "threshold") != (pruner.lower is not None) or not (
+            pruner.lower is None or _positive(pruner.lower) and pruner.lower < 100):  # fmt: skip
+        raise UserError(f"{path} [pruner]: lower (a validation accuracy in %, e.g. 95.0) goes "
+                        'with name = "threshold", and only with it')  # fmt: skip
     resources = Resources(**_strict(Resources, data.get("resources", {}), f"{path} [resources]"))
     if resources.world_size > 1:
         raise UserError(f"{path} [resources]: a tune worker trains one trial in one process; "
@@ -266,6 +278,7 @@ def load_tune(path: str | Path) -> TuneSpec:
         max_epochs=numbers["max_epochs"], trials=numbers["trials"] or 20,
         max_seconds=max_seconds, time_reference=reference,
         description=str(data.get("description", "")),
+        start=_start(data.get("start", []), space, path),
     )  # fmt: skip
     _check_fixed(spec, path)
     return spec
@@ -290,6 +303,32 @@ def _time_reference(table: dict[str, Any], path: Path) -> tuple[float, str]:
     return float(table["times"]), table["step"]
 
 
+def _start(tables: Any, space: list[Dimension], path: Path) -> list[dict[str, Any]]:
+    """``[[start]]`` tables, checked: each names searched fields, with values in their range."""
+    where = f"{path} [[start]]"
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UserError(f"{where}: write each starting trial as a [[start]] table")
+    dims = {d.name: d for d in space}
+    for i, table in enumerate(tables, 1):
+        for name, value in table.items():
+            d = dims.get(name)
+            if d is None:
+                raise UserError(f"{where} #{i}: {name!r} is not searched; [space] has "
+                                f"{', '.join(dims)}")  # fmt: skip
+            if d.choices is not None:
+                ok = value in d.choices and type(value) in {type(c) for c in d.choices}
+            else:
+                kind = _field_type(name)
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and (kind is float or isinstance(value, int))
+                      and d.low <= value <= d.high)  # fmt: skip
+            if not ok:
+                allowed = d.choices if d.choices is not None else f"[{d.low}, {d.high}]"
+                raise UserError(f"{where} #{i}: {name} = {value!r} is outside its [space] "
+                                f"range {allowed}")  # fmt: skip
+    return tables
+
+
 def _check_fixed(spec: TuneSpec, path: Path) -> None:
     """The fixed values as a config (each range's low end sampled): TrainConfig's checks,
     the epoch cap and the pruner's epochs, at parse time."""
@@ -302,8 +341,9 @@ def _check_fixed(spec: TuneSpec, path: Path) -> None:
         cfg = spec.sample(low, spec.seeds[0])
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    if spec.max_epochs is not None and cfg.epochs > spec.max_epochs:
-        raise UserError(f"{path}: epochs ({cfg.epochs}) is over max_epochs ({spec.max_epochs})")
+    most = max([cfg.epochs] + [int(d.high) for d in spec.space if d.name == "epochs"])
+    if spec.max_epochs is not None and most > spec.max_epochs:
+        raise UserError(f"{path}: epochs ({most}) is over max_epochs ({spec.max_epochs})")
     late = [e for e in spec.pruner.at_epochs if not 1 <= e < cfg.epochs]
     if late:
         raise UserError(f"{path} [pruner].at_epochs: {late[0]} is not an epoch before the last "

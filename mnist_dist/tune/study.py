@@ -114,6 +114,8 @@ def pruner(spec: TuneSpec):
         percent = 50.0 if spec.pruner.name == "median" else spec.pruner.percentile
         inner = optuna.pruners.PercentilePruner(percent, n_startup_trials=0)  # startup: below
         return AfterTrained(inner, spec.pruner.startup_trials)
+    if spec.pruner.name == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=spec.pruner.lower)
     first = min(spec.pruner.at_epochs)
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
 
@@ -128,6 +130,16 @@ def load_study(tune_dir: Path, spec: TuneSpec, record: dict[str, Any], worker: i
         sampler=sampler(spec, worker), pruner=pruner(spec),
     )  # fmt: skip
     return study, storage
+
+
+def enqueue_start(study, spec: TuneSpec) -> int:
+    """Enqueue the tune file's ``[[start]]`` trials on a study that has none yet (call it
+    under ``ask_lock``); how many were enqueued."""
+    if study.get_trials(deepcopy=False):
+        return 0
+    for params in spec.start:
+        study.enqueue_trial(params)
+    return len(spec.start)
 
 
 def read_record(tune_dir: Path) -> dict[str, Any]:
