@@ -4,6 +4,7 @@ and handed on with its parameters; counts toward --trials; the fronts of the rep
 from __future__ import annotations
 
 import pytest
+import tomllib
 
 from mnist_dist.tune import study as st
 from mnist_dist.tune.report import front
@@ -127,3 +128,29 @@ def test_the_threshold_pruner_judges_a_trial_alone(tmp_path):
     good.report(96.0, 3)
     bad.report(90.0, 3)
     assert not good.should_prune() and bad.should_prune()
+
+
+def test_promote_keeps_a_onecycle_trial_whose_tune_fixes_steplr_knobs(tmp_path, monkeypatch):
+    """A tune that searches the scheduler fixes lr_gamma for its StepLR trials; a OneCycle
+    trial's runs drop it, and so must its promoted recipe (it once raised instead)."""
+    from mnist_dist.tune import promote as pr
+
+    text = GOOD.replace("[space]", '[space]\nscheduler = { choices = ["onecycle", "step"] }\n'
+                        "lr_step = { low = 8, high = 10 }")  # fmt: skip
+    text = text.replace("val_split = 5000", "val_split = 5000\nlr_gamma = 0.1")
+    (tmp_path / st.SPEC).write_text(text)
+    st.write_record(tmp_path, dict(name="t", file="t.toml", storage=None, trials=4, workers=[]))
+    spec = load_tune(tmp_path / st.SPEC)
+    study, _ = st.load_study(tmp_path, spec, st.read_record(tmp_path))
+    study.enqueue_trial({"scheduler": "onecycle"})
+    trial = study.ask()
+    cfg = spec.config(trial, seed=0)
+    trial.set_user_attr("params", 7000)
+    trial.set_user_attr("val_accs", [99.0, 99.1, 99.2])
+    study.tell(trial, 99.1)
+    monkeypatch.setattr(pr, "STEPS_FILE", tmp_path / "steps.toml")
+    pr.promote(tmp_path, 1, "step99", tmp_path / "jobs", list(range(100, 120)))
+    recipe = tomllib.loads((tmp_path / "steps.toml").read_text())["step99"]["recipe"]
+    assert recipe["scheduler"] == "onecycle" and "lr_gamma" not in recipe
+    assert recipe["lr"] == cfg.lr and recipe["pct_start"] == cfg.pct_start
+    assert (tmp_path / "jobs" / "step99_test.toml").is_file()

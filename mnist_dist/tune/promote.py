@@ -50,7 +50,8 @@ def promote(out: Path, rank: int, name: str | None, jobs: Path, seeds: list[int]
     if sweep.exists():
         raise UserError(f"{sweep} exists: a pre-registered sweep is never overwritten; choose "
                         "another --name")  # fmt: skip
-    cfg = TrainConfig(**spec.fixed, **trial.params, seed=0).resolve()
+    # As the trial's runs were built: a [fixed] knob of the other scheduler is dropped.
+    cfg = spec.sample(lambda d: trial.params[d.name], seed=0)
     recipe = {k: getattr(cfg, k) for k in RECIPE_KEYS if getattr(cfg, k) is not None}
     model = PROMOTED[cfg.step]["model"] if cfg.step in PROMOTED else cfg.step
     source = f"{out} trial {trial.number} (rank {rank} of {len(ranked)})"
