@@ -130,27 +130,63 @@ def test_the_threshold_pruner_judges_a_trial_alone(tmp_path):
     assert not good.should_prune() and bad.should_prune()
 
 
+def scheduler_tune(folder, schedulers: list[str]):
+    """A tune folder whose study searched the scheduler with lr_gamma fixed for StepLR, and
+    one complete trial per entry of ``schedulers``, best first; with its spec and trials."""
+    text = GOOD.replace("[space]", '[space]\nscheduler = { choices = ["onecycle", "step"] }\n'
+                        "lr_step = { low = 8, high = 10 }")  # fmt: skip
+    text = text.replace("val_split = 5000", "val_split = 5000\nlr_gamma = 0.1")
+    (folder / st.SPEC).write_text(text)
+    st.write_record(folder, dict(name="t", file="t.toml", storage=None, trials=9, workers=[]))
+    spec = load_tune(folder / st.SPEC)
+    study, _ = st.load_study(folder, spec, st.read_record(folder))
+    trials = []
+    for i, scheduler in enumerate(schedulers):
+        study.enqueue_trial({"scheduler": scheduler})
+        trial = study.ask()
+        spec.config(trial, seed=0)  # samples the rest, as a worker does
+        trial.set_user_attr("params", 7000)
+        trial.set_user_attr("val_accs", [99.0 - i] * 3)
+        study.tell(trial, 99.0 - i)
+        trials.append(study.trials[-1])
+    return spec, trials
+
+
 def test_promote_keeps_a_onecycle_trial_whose_tune_fixes_steplr_knobs(tmp_path, monkeypatch):
     """A tune that searches the scheduler fixes lr_gamma for its StepLR trials; a OneCycle
     trial's runs drop it, and so must its promoted recipe (it once raised instead)."""
     from mnist_dist.tune import promote as pr
 
-    text = GOOD.replace("[space]", '[space]\nscheduler = { choices = ["onecycle", "step"] }\n'
-                        "lr_step = { low = 8, high = 10 }")  # fmt: skip
-    text = text.replace("val_split = 5000", "val_split = 5000\nlr_gamma = 0.1")
-    (tmp_path / st.SPEC).write_text(text)
-    st.write_record(tmp_path, dict(name="t", file="t.toml", storage=None, trials=4, workers=[]))
-    spec = load_tune(tmp_path / st.SPEC)
-    study, _ = st.load_study(tmp_path, spec, st.read_record(tmp_path))
-    study.enqueue_trial({"scheduler": "onecycle"})
-    trial = study.ask()
-    cfg = spec.config(trial, seed=0)
-    trial.set_user_attr("params", 7000)
-    trial.set_user_attr("val_accs", [99.0, 99.1, 99.2])
-    study.tell(trial, 99.1)
+    spec, (trial,) = scheduler_tune(tmp_path, ["onecycle"])
+    cfg = spec.sample(lambda d: trial.params[d.name], seed=0)
     monkeypatch.setattr(pr, "STEPS_FILE", tmp_path / "steps.toml")
     pr.promote(tmp_path, 1, "step99", tmp_path / "jobs", list(range(100, 120)))
     recipe = tomllib.loads((tmp_path / "steps.toml").read_text())["step99"]["recipe"]
     assert recipe["scheduler"] == "onecycle" and "lr_gamma" not in recipe
     assert recipe["lr"] == cfg.lr and recipe["pct_start"] == cfg.pct_start
     assert (tmp_path / "jobs" / "step99_test.toml").is_file()
+
+
+def test_revalidate_writes_the_best_trials_on_fresh_seeds_as_a_sweep(tmp_path, capsys):
+    """The sweep's runs are the trials' own configs on the new seeds, best first; the
+    test set stays locked; a seed of the search or an existing file is refused."""
+    from mnist_dist.errors import UserError
+    from mnist_dist.sweeps.spec import load_sweep
+    from mnist_dist.tune.promote import revalidate
+
+    spec, trials = scheduler_tune(tmp_path, ["onecycle", "step", "onecycle"])
+    jobs = tmp_path / "jobs"
+    revalidate(tmp_path, 2, jobs, [3, 4, 5, 6, 7])
+    sweep = load_sweep(jobs / "t_revalidate.toml")
+    want = [spec.sample(lambda d, t=t: t.params[d.name], seed=s)
+            for t in trials[:2] for s in (3, 4, 5, 6, 7)]  # fmt: skip
+    assert [c.to_dict() for c in sweep.expand()] == [c.to_dict() for c in want]
+    assert {c.test_eval for c in want} == {"never"} and {c.val_split for c in want} == {5000}
+    assert sweep.resources.pack_seeds == 1  # the tune trained its seeds one after another
+    assert "t_revalidate.toml" in capsys.readouterr().out
+    with pytest.raises(UserError, match="exists"):
+        revalidate(tmp_path, 2, jobs, [3, 4, 5, 6, 7])
+    with pytest.raises(UserError, match="2 is a search seed"):
+        revalidate(tmp_path, 2, tmp_path / "other", [2, 3])
+    with pytest.raises(UserError, match="ranks 3 complete trials"):
+        revalidate(tmp_path, 4, tmp_path / "other", [3])

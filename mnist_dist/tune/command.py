@@ -3,6 +3,7 @@
     mnist-dist tune jobs/goal_tune.toml --cluster slurm --workers 8 --trials 200
     mnist-dist tune jobs/goal_tune.toml --cluster local --workers 2 --out DIR --wait
     mnist-dist tune DIR --status [--json]
+    mnist-dist tune DIR --revalidate 5 [--val-seeds 3-7]
     mnist-dist tune DIR --promote 1 --name step8
 
 Every call first fails and re-enqueues the trials of workers that died (``study.recover``),
@@ -48,10 +49,15 @@ def parse(argv: list[str] | None, prog: str):
     p.add_argument("--poll", type=float, default=5.0, help="seconds between checks (--wait)")
     p.add_argument("--status", action="store_true", help="counts by state and the best so far")
     p.add_argument("--json", action="store_true", help="--status as JSON")
+    p.add_argument("--revalidate", type=int, metavar="K", help="write the sweep that trains "
+                   "the K best again on fresh validation seeds (the winner's curse)")  # fmt: skip
+    p.add_argument("--val-seeds", default="3-7", metavar="LIST", help="--revalidate: its "
+                   "seeds, apart from the search's (default 3-7)")  # fmt: skip
     p.add_argument("--promote", type=int, metavar="RANK", help="register the trial of this "
                    "rank (1: the best) as a step, with its test sweep in jobs/")  # fmt: skip
     p.add_argument("--name", help="--promote: the new step's name, e.g. step8")
-    p.add_argument("--jobs", default="jobs", help="--promote: where the test sweep goes")
+    p.add_argument("--jobs", default="jobs", help="--promote, --revalidate: where the sweep "
+                   "goes")  # fmt: skip
     p.add_argument("--test-seeds", default="100-119", metavar="LIST", help="--promote: the "
                    "test sweep's seeds, apart from the search's (default 100-119)")  # fmt: skip
     args = p.parse_args(argv)
@@ -70,10 +76,16 @@ def parse(argv: list[str] | None, prog: str):
 def tune_main(argv: list[str] | None = None, prog: str = "mnist-dist tune") -> None:
     args = parse(argv, prog)
     target = Path(args.target)
-    if args.status or args.promote is not None:
+    if args.status or args.promote is not None or args.revalidate is not None:
         if not (target / st.TUNE).is_file():
             raise UserError(f"{target} is not a tune folder (no {st.TUNE}); give the --out "
                             "of `mnist-dist tune`")  # fmt: skip
+        if args.revalidate is not None:
+            from ..training.flags import parse_seeds
+            from .promote import revalidate
+
+            seeds = parse_seeds(args.val_seeds, "--val-seeds")
+            return revalidate(target, args.revalidate, Path(args.jobs), seeds)
         if args.promote is not None:
             from ..training.flags import parse_seeds
             from .promote import promote

@@ -1,4 +1,5 @@
-"""``mnist-dist tune DIR --promote RANK --name stepN``: a searched trial becomes a step.
+"""``mnist-dist tune DIR --promote RANK --name stepN``: a searched trial becomes a step;
+``--revalidate K``: the K best trials become a sweep on fresh validation seeds.
 
 Registration lives in ``mnist_dist/steps.toml`` (``config.STEPS_FILE``; the variable
 ``MNIST_DIST_STEPS_FILE`` points elsewhere): a table per promoted step naming the
@@ -21,7 +22,7 @@ from ..config import BASE_RECIPE, PROMOTED, RECIPES, SHAPE, STEPS_FILE, TrainCon
 from ..errors import UserError
 from ..fsio import write_text
 from . import study as st
-from .spec import load_tune
+from .spec import applies, load_tune
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # What a recipe holds: the origin base, the step's own knobs and the family's shape.
@@ -121,3 +122,48 @@ def test_sweep(name: str, cfg: TrainConfig, spec, source: str, seeds: list[int])
     if res.partition:
         lines.append(f"partition = {toml_value(res.partition)}")
     return "\n".join(lines) + "\n"
+
+
+def revalidate(out: Path, k: int, jobs: Path, seeds: list[int]) -> None:
+    """Write ``jobs/<tune name>_revalidate.toml``: the ``k`` best trials' configs, each on
+    ``seeds`` (apart from the search's), on the tune's validation split, the test set never
+    read. The best of many configs on a few seeds is biased upward: this sweep, reported
+    with ``--compare``, is what a pick rests on."""
+    spec = load_tune(out / st.SPEC)
+    study, _ = st.load_study(out, spec, st.read_record(out))
+    ranked = st.best_trials(study)
+    if not 1 <= k <= len(ranked):
+        raise UserError(f"--revalidate {k}: {out} ranks {len(ranked)} complete trials; give 1 "
+                        f"to {len(ranked)}")  # fmt: skip
+    overlap = sorted(set(seeds) & set(spec.seeds))
+    if overlap:
+        raise UserError(f"--val-seeds: {overlap[0]} is a search seed; fresh seeds must be apart "
+                        f"from {spec.seeds}")  # fmt: skip
+    sweep = jobs / f"{spec.name}_revalidate.toml"
+    if sweep.exists():
+        raise UserError(f"{sweep} exists: a sweep is never overwritten; move it away first")
+    lines = [
+        f"# The {k} best trials of {out}, trained again on fresh validation seeds {seeds}",
+        "# (the search's were " + f"{spec.seeds}). Written by `mnist-dist tune --revalidate`.",
+        "#",
+        f"#     mnist-dist sweep {sweep} --out {out}/revalidate",
+        f"#     mnist-dist report {out}/revalidate --metric final_val_acc --compare",
+        "",
+        f'name = "{spec.name}-revalidate"',
+        f'description = "{spec.name}: its {k} best trials on validation seeds {seeds}"',
+    ]
+    for rank, t in enumerate(ranked[:k], 1):
+        chosen = {**spec.fixed, **t.params}
+        fields = {n: v for n, v in chosen.items() if applies(n, chosen)}
+        lines += ["", f"# rank {rank}: trial {t.number}, {t.value:.3f}% on seeds {spec.seeds}",
+                  "[[trials]]", f"seed = {seeds}"]  # fmt: skip
+        lines += [f"{n} = {toml_value(v)}" for n, v in fields.items()]
+    res = spec.resources
+    lines += ["", "[resources]", f"pack_seeds = {len(seeds) if spec.packed else 1}",
+              f"time_min = {res.time_min}", f"cpus_per_task = {res.cpus_per_task}",
+              f"mem_gb = {res.mem_gb}", f"gpus_per_node = {res.gpus_per_node}"]  # fmt: skip
+    if res.partition:
+        lines.append(f"partition = {toml_value(res.partition)}")
+    write_text(sweep, "\n".join(lines) + "\n")
+    print(f"{sweep}: the {k} best trials of {out} on validation seeds {seeds}; run it with")
+    print(f"  mnist-dist sweep {sweep} --out {out}/revalidate")
