@@ -235,13 +235,15 @@ def restore(ckpt, net, optimizer, scheduler, accelerator, out: Path, ema=None):
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     scaler = getattr(accelerator, "scaler", None)
+    scale = ""
     if scaler is not None and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])
+        scale = f" (fp16 loss scale {scaler.get_scale():g})"  # what a resume carried on
     if ckpt.get("rng") is not None:
         torch.set_rng_state(ckpt["rng"])
     if ckpt.get("cuda_rng") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    accelerator.print(f"resuming {out} after epoch {ckpt['epoch']}")
+    accelerator.print(f"resuming {out} after epoch {ckpt['epoch']}{scale}")
     return ckpt["history"], float(ckpt.get("wall_seconds", 0.0))
 
 

@@ -58,7 +58,7 @@ def test_cli_run_writes_config_checkpoint_and_result(tiny_mnist, tmp_path):
         "seconds",
     }
     assert result["final_test_acc"] == row["test_acc"]
-    assert result["compute_dtype"] == "float32"
+    assert result["compute_dtype"] == "float32" and result["data_device"] == "cpu"
 
 
 @pytest.mark.slow

@@ -121,7 +121,9 @@ class Run:
     def run_facts(self) -> dict[str, Any]:
         """Where and how the run ran (a collective: every rank calls it)."""
         env = run_env(self.accelerator, self.rt)
-        return dict(env, compute_dtype=self.probe.dtype, git_commit=self.commit)
+        # data_device: where the batches are drawn and augmented (the GPU check reads it)
+        return dict(env, compute_dtype=self.probe.dtype, git_commit=self.commit,
+                    data_device=str(self.batches[0].x.device))  # fmt: skip
 
     def write_result(self, n: int, run: dict[str, Any]) -> dict[str, Any]:
         """Seed n's result dict, written as result.json by the main process. A seed the
