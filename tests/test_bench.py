@@ -48,11 +48,11 @@ def test_bench_json_has_the_three_measurements_and_both_ratios(tiny_mnist, tmp_p
 
 @pytest.mark.slow
 def test_bench_table_uses_the_steps_recipe_batch_or_the_flag(tiny_mnist):
-    args = ("bench", "--step", "step1", "--no-channels-last", "--data-dir", str(tiny_mnist))
+    args = ("bench", "--step", "step3", "--no-channels-last", "--data-dir", str(tiny_mnist))
     proc = run_cli(*args, *QUICK)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "bench step1, batch 128, cpu, 1 threads" in out  # step1's recipe batch
+    assert "bench step3, batch 64, cpu, 1 threads" in out  # step3's recipe batch, not 128
     for name in ("origin", "ours", "compute", "speedup b/a", "data overhead"):
         assert name in out
     proc = run_cli(*args, "--batch-size", "32", "--json", *QUICK)

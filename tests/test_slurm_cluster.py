@@ -131,7 +131,7 @@ PREEMPT = """name = "preempt"
 [grid]
 seed = [5]
 [defaults]
-step = "step4"
+step = "step7"  # OneCycle and augmentation: their state must survive the requeue too
 epochs = 3
 train_limit = 2000
 [resources]
@@ -180,7 +180,7 @@ def _train_cmd(data_dir: Path, out: Path) -> list[str]:
     import sys
 
     return [
-        *(sys.executable, "-m", "mnist_dist.train", "--step", "step4", "--seed", "5"),
+        *(sys.executable, "-m", "mnist_dist.train", "--step", "step7", "--seed", "5"),
         *("--epochs", "3", "--train-limit", "2000", "--cpu", "--no-progress"),
         *("--data-dir", str(data_dir), "--out", str(out)),
     ]
