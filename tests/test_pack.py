@@ -120,7 +120,8 @@ def assert_same_checkpoint(packed, separate) -> None:
 )
 def test_packed_seeds_train_as_their_separate_runs(tmp_path, args):
     data = make_tiny_mnist(tmp_path / "data", n_train=512, n_test=96)
-    runs = packed_vs_separate(tmp_path, data, args)
+    # three seeds for the case with the most state per seed; two for the others (CI time)
+    runs = packed_vs_separate(tmp_path, data, args, (0, 1, 2) if "--ema-decay" in args else (0, 1))
     for s, (packed, separate) in runs.items():
         assert packed["trial_id"] == separate["trial_id"] and packed["seed"] == s
         assert packed["params"] == separate["params"]
