@@ -36,17 +36,8 @@ def promote(out: Path, rank: int, name: str | None, jobs: Path, seeds: list[int]
                         "letters, digits, _)")  # fmt: skip
     if name in RECIPES:
         raise UserError(f"--name {name}: a step of that name is registered; choose another")
-    spec = load_tune(out / st.SPEC)
-    study, _ = st.load_study(out, spec, st.read_record(out))
-    ranked = st.best_trials(study)
-    if not 1 <= rank <= len(ranked):
-        raise UserError(f"--promote {rank}: {out} ranks {len(ranked)} complete trials; "
-                        f"give 1 to {len(ranked)} (see `mnist-dist report {out}`)")  # fmt: skip
+    spec, ranked = ranked_trials(out, ("--promote", rank), ("--test-seeds", seeds))
     trial = ranked[rank - 1]
-    overlap = sorted(set(seeds) & set(spec.seeds))
-    if overlap:
-        raise UserError(f"--test-seeds: {overlap[0]} is a search seed; test seeds must be apart "
-                        f"from {spec.seeds}")  # fmt: skip
     sweep = jobs / f"{name}_test.toml"
     if sweep.exists():
         raise UserError(f"{sweep} exists: a pre-registered sweep is never overwritten; choose "
@@ -66,6 +57,23 @@ def promote(out: Path, rank: int, name: str | None, jobs: Path, seeds: list[int]
     print(f"registered {name} ({model}, {description}) in {STEPS_FILE}")
     print(f"its test sweep: {sweep}; the final evidence is one command:")
     print(f"  mnist-dist sweep {sweep} --cluster slurm --out results/{name}")
+
+
+def ranked_trials(out: Path, rank: tuple[str, int], seeds: tuple[str, list[int]]):
+    """(spec, complete feasible trials best first) of the tune folder ``out``; a one-line
+    error when the flag's rank is not among them or a new seed is one of the search's."""
+    spec = load_tune(out / st.SPEC)
+    study, _ = st.load_study(out, spec, st.read_record(out))
+    ranked = st.best_trials(study)
+    (flag, k), (seed_flag, new) = rank, seeds
+    if not 1 <= k <= len(ranked):
+        raise UserError(f"{flag} {k}: {out} ranks {len(ranked)} complete trials; give 1 to "
+                        f"{len(ranked)} (see `mnist-dist report {out}`)")  # fmt: skip
+    overlap = sorted(set(new) & set(spec.seeds))
+    if overlap:
+        raise UserError(f"{seed_flag}: {overlap[0]} is a search seed; its seeds must be apart "
+                        f"from {spec.seeds}")  # fmt: skip
+    return spec, ranked
 
 
 def toml_value(value: Any) -> str:
@@ -129,16 +137,7 @@ def revalidate(out: Path, k: int, jobs: Path, seeds: list[int]) -> None:
     ``seeds`` (apart from the search's), on the tune's validation split, the test set never
     read. The best of many configs on a few seeds is biased upward: this sweep, reported
     with ``--compare``, is what a pick rests on."""
-    spec = load_tune(out / st.SPEC)
-    study, _ = st.load_study(out, spec, st.read_record(out))
-    ranked = st.best_trials(study)
-    if not 1 <= k <= len(ranked):
-        raise UserError(f"--revalidate {k}: {out} ranks {len(ranked)} complete trials; give 1 "
-                        f"to {len(ranked)}")  # fmt: skip
-    overlap = sorted(set(seeds) & set(spec.seeds))
-    if overlap:
-        raise UserError(f"--val-seeds: {overlap[0]} is a search seed; fresh seeds must be apart "
-                        f"from {spec.seeds}")  # fmt: skip
+    spec, ranked = ranked_trials(out, ("--revalidate", k), ("--val-seeds", seeds))
     sweep = jobs / f"{spec.name}_revalidate.toml"
     if sweep.exists():
         raise UserError(f"{sweep} exists: a sweep is never overwritten; move it away first")
