@@ -22,7 +22,7 @@ from ..config import BASE_RECIPE, PROMOTED, RECIPES, SHAPE, STEPS_FILE, TrainCon
 from ..errors import UserError
 from ..fsio import write_text
 from . import study as st
-from .spec import applies, load_tune
+from .spec import load_tune
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 # What a recipe holds: the origin base, the step's own knobs and the family's shape.
@@ -122,14 +122,18 @@ def test_sweep(name: str, cfg: TrainConfig, spec, source: str, seeds: list[int])
         f"seed = {seeds}",
         "",
         "[resources]",
-        f"time_min = {res.time_min}",
-        f"cpus_per_task = {res.cpus_per_task}",
-        f"mem_gb = {res.mem_gb}",
-        f"gpus_per_node = {res.gpus_per_node}",
+        *resource_lines(res),
     ]
+    return "\n".join(lines) + "\n"
+
+
+def resource_lines(res) -> list[str]:
+    """The tune's [resources] a written sweep keeps: its jobs' time, cores, memory, GPUs."""
+    lines = [f"time_min = {res.time_min}", f"cpus_per_task = {res.cpus_per_task}",
+             f"mem_gb = {res.mem_gb}", f"gpus_per_node = {res.gpus_per_node}"]  # fmt: skip
     if res.partition:
         lines.append(f"partition = {toml_value(res.partition)}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def revalidate(out: Path, k: int, jobs: Path, seeds: list[int]) -> None:
@@ -152,17 +156,11 @@ def revalidate(out: Path, k: int, jobs: Path, seeds: list[int]) -> None:
         f'description = "{spec.name}: its {k} best trials on validation seeds {seeds}"',
     ]
     for rank, t in enumerate(ranked[:k], 1):
-        chosen = {**spec.fixed, **t.params}
-        fields = {n: v for n, v in chosen.items() if applies(n, chosen)}
         lines += ["", f"# rank {rank}: trial {t.number}, {t.value:.3f}% on seeds {spec.seeds}",
                   "[[trials]]", f"seed = {seeds}"]  # fmt: skip
-        lines += [f"{n} = {toml_value(v)}" for n, v in fields.items()]
-    res = spec.resources
+        lines += [f"{n} = {toml_value(v)}" for n, v in spec.fields(t.params).items()]
     lines += ["", "[resources]", f"pack_seeds = {len(seeds) if spec.packed else 1}",
-              f"time_min = {res.time_min}", f"cpus_per_task = {res.cpus_per_task}",
-              f"mem_gb = {res.mem_gb}", f"gpus_per_node = {res.gpus_per_node}"]  # fmt: skip
-    if res.partition:
-        lines.append(f"partition = {toml_value(res.partition)}")
+              *resource_lines(spec.resources)]  # fmt: skip
     write_text(sweep, "\n".join(lines) + "\n")
     print(f"{sweep}: the {k} best trials of {out} on validation seeds {seeds}; run it with")
     print(f"  mnist-dist sweep {sweep} --out {out}/revalidate")

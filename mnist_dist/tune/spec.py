@@ -134,8 +134,12 @@ class TuneSpec:
         for d in sorted(self.space, key=lambda d: d.name not in FIRST):  # stable: step first
             if applies(d.name, {**self.fixed, **values}):
                 values[d.name] = pick(d)
-        fixed = {k: v for k, v in self.fixed.items() if applies(k, {**self.fixed, **values})}
-        return TrainConfig(**fixed, **values, seed=seed).resolve()
+        return TrainConfig(**self.fields(values), seed=seed).resolve()
+
+    def fields(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The config fields of sampled ``values``: with the [fixed] ones that apply."""
+        chosen = {**self.fixed, **values}
+        return {k: v for k, v in chosen.items() if k in values or applies(k, chosen)}
 
     @property
     def packed(self) -> bool:
