@@ -78,13 +78,13 @@ def test_bench_variants_time_compute_in_both_memory_formats(tiny_mnist):
         (("--steps", "0"), "--iters must be at least 1"),  # its old name still parses
         (("--repeats", "0"), "--repeats must be at least 1"),
         (("--batch-size", "0"), "--batch-size must be at least 1"),
-        (("--step", "step9"), "unknown step 'step9'"),
+        (("--step", "nosuchstep"), "unknown step 'nosuchstep'"),
         (("--mixed-precision", "fp8"), "invalid choice"),
         (("--time-to-target", "--result", "/nonexistent/result.json"), "no such file"),
         (("--table", "/nonexistent/bench.json"), "not a `mnist-dist bench --json` output"),
         (("--all-steps", "--mixed-precision", "bf16"), "time fp32 and bf16 side by side"),
         (("--all-steps", "--variants"), "--variants does not go with --all-steps"),
-        (("--step-list", "step4,step9"), "unknown step 'step9'"),
+        (("--step-list", "step4,nosuchstep"), "unknown step 'nosuchstep'"),
     ],
 )
 def test_bench_bad_input_is_one_line(capsys, flags, fragment):

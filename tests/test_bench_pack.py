@@ -155,7 +155,7 @@ def test_pack_sizes_and_layouts():
         (("--pack", "4", "--window", "0"), "--window must be a positive number"),
         (("--pack", "4", "--mixed-precision", "bf16"), "leave out --mixed-precision"),
         (("--pack", "4", "--compile"), "--compile does not go with --pack"),
-        (("--pack", "4", "--step-list", "step4,step9"), "unknown step 'step9'"),
+        (("--pack", "4", "--step-list", "step4,nosuchstep"), "unknown step 'nosuchstep'"),
         (("--window", "5"), "--window goes with --pack"),
     ],
 )

@@ -51,7 +51,7 @@ def status(out: Path) -> dict:
         ('[grid]\nseed = [0]\nsteps = ["step1"]\n', ["unknown key 'steps'", "[grid]"]),
         ("[grid]\nseed = [0]\n[resources]\ngpus = 1\n", ["unknown key 'gpus'", "[resources]"]),
         ("colour = 1\n[grid]\nseed = [0]\n", ["unknown key 'colour'"]),
-        ('[grid]\nstep = ["step9"]\n', ["unknown step 'step9'"]),
+        ('[grid]\nstep = ["nosuchstep"]\n', ["unknown step 'nosuchstep'"]),
         ("[grid]\nseed = []\n", ["empty grid", "seed"]),
         ("[defaults]\nepochs = 1\n", ["empty grid"]),
         ('[grid]\nseed = [0]\n[defaults]\nlr = "fast"\n', ["lr must be float", "'fast'"]),
@@ -523,7 +523,7 @@ def test_override_parsing_and_precedence():
         (["grid.seed=3"], ["[grid].seed must be a list", "scalars go in [defaults]"]),
         (["resources.gpus=1"], ["unknown key 'gpus'", "[resources]"]),
         (["wandb.mode=loud"], ["[wandb].mode must be off, offline or online"]),
-        (["step=step9"], ["unknown step 'step9'"]),
+        (["step=nosuchstep"], ["unknown step 'nosuchstep'"]),
         (["lr=nan"], ["--lr must be a finite number, got nan"]),  # TOML's nan and inf
         (["rotate_deg=inf"], ["--rotate-deg must be a finite number, got inf"]),
         (["grid.seed=[0,-1]"], ["--seed must be in [0, 4294967295]", "got -1"]),

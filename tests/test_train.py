@@ -432,7 +432,7 @@ def test_bf16_runs_on_cpu_and_convs_compute_in_bf16(tiny_mnist, tmp_path):
 @pytest.mark.parametrize(
     "args,fragments",
     [
-        (("--step", "step9"), ("unknown step 'step9'", "step1, step2, step3, step4")),
+        (("--step", "nosuchstep"), ("unknown step 'nosuchstep'", "step1, step2, step3, step4")),
         (("--epochs", "0"), ("--epochs must be at least 1",)),
         (("--batch-size", "0"), ("--batch-size must be at least 1",)),
         (("--mixed-precision", "fp16", "--cpu"), ("fp16 needs a CUDA GPU",)),
